@@ -1,0 +1,50 @@
+"""Parameter-transforming optimizers, usable as drop-in ``torch.optim`` building blocks.
+
+Every class wraps an inner ``torch.optim`` optimizer (SGD by default) and
+transforms each parameter and its gradient in place before and after the inner
+step, broadcasting over rows chosen by ``param_ndim``. The tensor math lives in
+:mod:`rai_probe.optim.functional`. Names, arguments and defaults match
+``rai_toolbox.optim``, so existing code switches by changing one import.
+
+Sparsity convention: ``q`` is the fraction of entries **dropped** (``q=0.99``
+keeps the largest 1 %).
+"""
+
+from . import functional
+from ._options import REQUIRED
+from .chained import ChainedParamTransformingOptimizer
+from .clamped import ClampedGradientOptimizer, ClampedParameterOptimizer
+from .frank_wolfe import FrankWolfe, L1FrankWolfe, L1qFrankWolfe, L2FrankWolfe, LinfFrankWolfe
+from .normed import (
+    L1NormedGradientOptim,
+    L1qNormedGradientOptim,
+    L2NormedGradientOptim,
+    LinfNormedGradientOptim,
+    SignedGradientOptim,
+    TopQGradientOptimizer,
+)
+from .param_transforming import ParamTransformingOptimizer
+from .projected import L1ProjectedOptim, L2ProjectedOptim, LinfProjectedOptim
+
+__all__ = [
+    "REQUIRED",
+    "functional",
+    "ParamTransformingOptimizer",
+    "ChainedParamTransformingOptimizer",
+    "SignedGradientOptim",
+    "L1NormedGradientOptim",
+    "L2NormedGradientOptim",
+    "LinfNormedGradientOptim",
+    "TopQGradientOptimizer",
+    "L1qNormedGradientOptim",
+    "ClampedGradientOptimizer",
+    "ClampedParameterOptimizer",
+    "L1ProjectedOptim",
+    "L2ProjectedOptim",
+    "LinfProjectedOptim",
+    "FrankWolfe",
+    "L1FrankWolfe",
+    "L2FrankWolfe",
+    "LinfFrankWolfe",
+    "L1qFrankWolfe",
+]

@@ -1,0 +1,620 @@
+"""Pure tensor transforms: the functional core of :mod:`rai_probe.optim`.
+
+Every function here acts **per row**: the input has shape ``(N, d0, d1, ...)``
+and the transform is applied independently to each of the ``N`` sub-tensors of
+shape ``(d0, d1, ...)``, exactly as a :class:`~rai_probe.optim.ParamTransformingOptimizer`
+hands parameters and gradients to its transforms after the ``param_ndim``
+reshape. Functions whose name ends in ``_`` work in place and return their
+input; the others return a new tensor and leave the input untouched.
+
+All functions are vectorized over rows (no Python loop over rows or entries),
+never synchronize with the host, accept float16, bfloat16, float32 and float64
+on any device, and compute reductions of half-precision inputs in float32.
+A zero row stays zero: no NaN escapes from a zero gradient.
+
+Sparsity convention: ``q`` is the fraction of entries **dropped**; a row of
+``n`` entries keeps ``k = round((1 - q) * n)`` entries (Python's ``round``,
+which rounds halves to even). ``q = 0.99`` keeps the largest 1 %.
+
+Examples
+--------
+>>> import torch
+>>> from rai_probe.optim import functional as F
+>>> g = torch.tensor([[-1.0, -2.0, 3.0, 0.5]])
+>>> F.topq(g, q=0.5)
+tensor([[ 0., -2.,  3.,  0.]])
+>>> F.l1q_normalize(g, q=0.5)
+tensor([[ 0.0000, -0.5000,  0.5000,  0.0000]])
+tensor([[2., 0.]])
+tensor([[ 2., -0.]])
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+from torch import Tensor
+
+from ._options import TINY
+
+__all__ = [
+    "TINY",
+    "num_kept",
+    "row_norms",
+    "normalize_",
+    "normalize",
+    "topq_",
+    "topq",
+    "l1q_normalize_",
+    "l1q_normalize",
+    "project_l1_ball_",
+    "project_l1_ball",
+    "project_l2_ball_",
+    "project_l2_ball",
+    "project_linf_ball_",
+    "project_linf_ball",
+    "lmo_l1_",
+    "lmo_l2_",
+    "lmo_linf_",
+    "lmo_l1q_",
+    "frank_wolfe_update_",
+]
+
+#: ``epsilon`` may be one radius for all rows or a tensor of shape ``(N,)``.
+Radius = Union[float, Tensor]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------- #
+# helpers
+# --------------------------------------------------------------------------- #
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype reductions of ``x`` are computed in (float32 for half types)."""
+    return torch.float32 if x.dtype in _HALF else x.dtype
+
+
+def _per_row(values: Tensor, x: Tensor) -> Tensor:
+    """Reshape per-row ``values`` of shape ``(N,)`` to broadcast against ``x``."""
+    return values.reshape(x.shape[0], *([1] * (x.ndim - 1)))
+
+
+def _radius(epsilon: Radius, x: Tensor) -> Radius:
+    """``epsilon`` as a scalar or as a per-row tensor broadcasting against ``x``."""
+    if isinstance(epsilon, Tensor):
+        return _per_row(epsilon.to(device=x.device, dtype=_compute_dtype(x)), x)
+    return epsilon
+
+
+def _check_rows(x: Tensor, name: str = "x") -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor; got {type(x).__name__}")
+    if x.ndim < 1:
+        raise ValueError(
+            f"`{name}` must have a leading row dimension, shape (N, ...); got a 0-d tensor"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor; got dtype {x.dtype}")
+
+
+def _inplace_on_flat_rows(x: Tensor, fn: Callable[[Tensor], None]) -> Tensor:
+    """Run ``fn`` on a contiguous ``(N, n)`` view of ``x`` and make its writes land in ``x``."""
+    _check_rows(x)
+    if x.is_contiguous():
+        fn(x.view(x.shape[0], -1))
+        return x
+    work = x.contiguous()
+    fn(work.view(x.shape[0], -1))
+    return x.copy_(work)
+
+
+def num_kept(n: int, q: float) -> int:
+    """Number of entries a row of ``n`` keeps at sparsity ``q``: ``round((1 - q) * n)``.
+
+    Parameters
+    ----------
+    n : int
+        Entries per row.
+    q : float
+        Fraction of entries dropped, within [0, 1].
+
+    Returns
+    -------
+    int
+        ``k``, between 0 and ``n``.
+
+    Examples
+    --------
+    >>> num_kept(3, 0.3), num_kept(4, 0.25), num_kept(784, 0.99)
+    (2, 3, 8)
+    """
+    return min(n, max(0, round((1.0 - q) * n)))
+
+
+def _draw_kept(n: int, q: float, dq: float, generator: torch.Generator | None) -> tuple[int | Tensor, int]:
+    """``(k, k_max)``: the kept count for this call and an upper bound on it.
+
+    With ``dq = 0``, ``k`` is ``num_kept(n, q)``. Otherwise ``q`` is drawn once
+    from ``U[max(0, q - dq), min(1, q + dq)]`` with ``generator``. A CPU
+    generator yields a Python int (the draw lives on the host, so reading it
+    synchronizes with no device); a generator on an accelerator yields a 0-d
+    tensor on that device, and callers select ``k_max`` entries and mask the
+    surplus, so no host sync happens.
+    """
+    if dq == 0:
+        k = num_kept(n, q)
+        return k, k
+    low, high = max(0.0, q - dq), min(1.0, q + dq)
+    gen = torch.default_generator if generator is None else generator
+    if gen.device.type == "cpu":
+        u = torch.rand((), generator=gen, dtype=torch.float64)
+        k = num_kept(n, low + (high - low) * float(u))  # CPU scalar: no device sync
+        return k, k
+    u = torch.rand((), generator=gen, device=gen.device, dtype=torch.float64)
+    k_tensor = torch.round((1.0 - (low + (high - low) * u)) * n).clamp_(0, n).long()
+    return k_tensor, num_kept(n, low)
+
+
+def _keep_top_k_(
+    rows: Tensor,
+    k: int | Tensor,
+    k_max: int,
+    values_fn: Callable[[Tensor], Tensor] | None = None,
+) -> None:
+    """Zero all but the ``k`` largest-magnitude entries of each row of 2-D ``rows``.
+
+    Exactly ``k`` entries are kept even with ties (``topk`` breaks them).
+    ``values_fn`` maps the kept original values (shape ``(N, k)``) to what is
+    written back; by default the original values are kept.
+    """
+    n = rows.shape[1]
+    if k_max == 0 or n == 0:
+        rows.zero_()
+        return
+    if isinstance(k, int) and k >= n:
+        if values_fn is not None:
+            rows.copy_(values_fn(rows))
+        return
+    _, index = rows.abs().topk(k_max, dim=1, sorted=not isinstance(k, int))
+    kept = rows.gather(1, index)
+    if not isinstance(k, int):  # device-side k: mask the surplus of the k_max largest
+        kept = kept * (torch.arange(k_max, device=rows.device) < k.to(rows.device))
+    if values_fn is not None:
+        kept = values_fn(kept)
+    rows.zero_().scatter_(1, index, kept.to(rows.dtype))
+
+
+def _l1_normalized_signs(values: Tensor, eps: float = TINY) -> Tensor:
+    """Signs of ``values`` (2-D), each row divided by its L1 norm (the count of nonzeros)."""
+    signs = values.sign()
+    l1 = signs.abs().sum(dim=1, keepdim=True, dtype=_compute_dtype(values)).clamp_min_(eps)
+    return signs / l1
+
+
+# --------------------------------------------------------------------------- #
+# norms and normalization
+# --------------------------------------------------------------------------- #
+def row_norms(x: Tensor, p: float) -> Tensor:
+    """The ``p``-norm of each row of ``x``.
+
+    Parameters
+    ----------
+    x : Tensor, shape-(N, ...)
+        Rows to measure.
+    p : {1, 2, inf} or any float accepted by :func:`torch.linalg.vector_norm`
+        Order of the norm.
+
+    Returns
+    -------
+    Tensor, shape-(N,)
+        The norms, in float32 for half-precision input, else in ``x.dtype``.
+
+    Examples
+    --------
+    >>> row_norms(torch.tensor([[3.0, -4.0], [1.0, 1.0]]), 2)
+    tensor([5.0000, 1.4142])
+    >>> row_norms(torch.tensor([[3.0, -4.0]]), float("inf"))
+    tensor([4.])
+    """
+    _check_rows(x)
+    return torch.linalg.vector_norm(
+        x.reshape(x.shape[0], -1), ord=p, dim=1, dtype=_compute_dtype(x)
+    )
+
+
+def normalize_(x: Tensor, p: float, eps: float = TINY) -> Tensor:
+    """In place: divide each row of ``x`` by ``max(‖row‖_p, eps)``.
+
+    A zero row stays zero. Half-precision rows are divided in float32 and
+    rounded once, so neither overflow of the norm nor underflow of ``eps``
+    produces NaN or inf.
+
+    Parameters
+    ----------
+    x : Tensor, shape-(N, ...)
+        Rows to normalize, modified in place.
+    p : {1, 2, inf}
+        Order of the norm.
+    eps : float, optional (default=float32 tiny)
+        Lower bound on the divisor.
+
+    Returns
+    -------
+    Tensor
+        ``x``.
+
+    Examples
+    --------
+    >>> g = torch.tensor([[2.0, 2.0], [0.0, 0.0]])
+    >>> normalize_(g, p=2)
+    tensor([[0.7071, 0.7071],
+            [0.0000, 0.0000]])
+    >>> normalize_(torch.tensor([[2.0, -6.0]]), p=1)
+    tensor([[ 0.2500, -0.7500]])
+    """
+    divisor = _per_row(row_norms(x, p).clamp_min_(eps), x)
+    if x.dtype in _HALF:
+        return x.copy_(x.to(divisor.dtype) / divisor)
+    return x.div_(divisor)
+
+
+def normalize(x: Tensor, p: float, eps: float = TINY) -> Tensor:
+    """Out-of-place :func:`normalize_`.
+
+    Examples
+    --------
+    >>> normalize(torch.tensor([[3.0, 4.0]]), p=2)
+    tensor([[0.6000, 0.8000]])
+    """
+    return normalize_(x.clone(), p, eps)
+
+
+# --------------------------------------------------------------------------- #
+# sparsification
+# --------------------------------------------------------------------------- #
+def topq_(
+    x: Tensor, q: float, *, dq: float = 0.0, generator: torch.Generator | None = None
+) -> Tensor:
+    """In place: keep the ``k = round((1 - q) n)`` largest-magnitude entries of each row.
+
+    Kept entries keep their original values; all others become zero. Exactly
+    ``k`` entries are kept even when magnitudes tie.
+
+    Parameters
+    ----------
+    x : Tensor, shape-(N, ...)
+        Rows of ``n`` entries each, modified in place.
+    q : float
+        Fraction of entries dropped, within [0, 1]; ``q=0`` keeps everything,
+        ``q=1`` zeros everything.
+    dq : float, optional (default=0.0)
+        If positive, ``q`` is drawn once per call from
+        ``U[max(0, q - dq), min(1, q + dq)]``.
+    generator : torch.Generator, optional
+        Source of the ``dq`` draw (CPU or accelerator); default: torch's global one.
+
+    Returns
+    -------
+    Tensor
+        ``x``.
+
+    Examples
+    --------
+    >>> g = torch.tensor([[0.5, 1.0], [-2.5, 0.3]])
+    >>> topq_(g.clone(), q=0.5)  # each row of two keeps one entry
+    tensor([[ 0.0000,  1.0000],
+            [-2.5000,  0.0000]])
+    >>> topq_(g.reshape(1, 4).clone(), q=0.75)
+    tensor([[ 0.0000,  0.0000, -2.5000,  0.0000]])
+    """
+    n = x[0].numel() if x.shape[0] else 0
+    k, k_max = _draw_kept(n, q, dq, generator)
+    return _inplace_on_flat_rows(x, lambda rows: _keep_top_k_(rows, k, k_max))
+
+
+def topq(
+    x: Tensor, q: float, *, dq: float = 0.0, generator: torch.Generator | None = None
+) -> Tensor:
+    """Out-of-place :func:`topq_`.
+
+    Examples
+    --------
+    >>> topq(torch.tensor([[1.0, -3.0, 2.0]]), q=0.33)
+    tensor([[ 0., -3.,  2.]])
+    """
+    return topq_(x.clone(), q, dq=dq, generator=generator)
+
+
+def l1q_normalize_(
+    x: Tensor,
+    q: float,
+    *,
+    dq: float = 0.0,
+    generator: torch.Generator | None = None,
+    eps: float = TINY,
+) -> Tensor:
+    """In place: top-q sparsify each row, take signs, and L1-normalize.
+
+    Each row keeps its ``k`` largest-magnitude entries as ``±1/k`` and zeros
+    the rest, so every nonzero row has unit L1 norm. (If fewer than ``k`` of
+    the kept entries are nonzero, the nonzero ones share the unit mass; an
+    all-zero row stays zero.) This is the L1q steepest-ascent direction of
+    Roberts & Tsiligkaridis (2021) and SLIDE (Tramèr & Boneh, 2019).
+
+    Parameters
+    ----------
+    x : Tensor, shape-(N, ...)
+        Rows, modified in place.
+    q : float
+        Fraction of entries dropped, within [0, 1].
+    dq : float, optional (default=0.0)
+        If positive, ``q`` is drawn once per call from
+        ``U[max(0, q - dq), min(1, q + dq)]``.
+    generator : torch.Generator, optional
+        Source of the ``dq`` draw; default: torch's global one.
+    eps : float, optional (default=float32 tiny)
+        Lower bound on the L1 divisor.
+
+    Returns
+    -------
+    Tensor
+        ``x``.
+
+    Examples
+    --------
+    >>> l1q_normalize_(torch.tensor([[0.0, 1.0, 2.0]]), q=0.3)
+    tensor([[0.0000, 0.5000, 0.5000]])
+    >>> l1q_normalize_(torch.tensor([[-1.0, -2.0, 3.0, 0.5]]), q=0.5)
+    tensor([[ 0.0000, -0.5000,  0.5000,  0.0000]])
+    """
+    n = x[0].numel() if x.shape[0] else 0
+    k, k_max = _draw_kept(n, q, dq, generator)
+    values_fn = lambda kept: _l1_normalized_signs(kept, eps)  # noqa: E731
+    return _inplace_on_flat_rows(x, lambda rows: _keep_top_k_(rows, k, k_max, values_fn))
+
+
+def l1q_normalize(
+    x: Tensor,
+    q: float,
+    *,
+    dq: float = 0.0,
+    generator: torch.Generator | None = None,
+    eps: float = TINY,
+) -> Tensor:
+    """Out-of-place :func:`l1q_normalize_`.
+
+    Examples
+    --------
+    >>> l1q_normalize(torch.tensor([[4.0, -1.0, -3.0, 0.0]]), q=0.5)
+    tensor([[ 0.5000,  0.0000, -0.5000,  0.0000]])
+    """
+    return l1q_normalize_(x.clone(), q, dq=dq, generator=generator, eps=eps)
+
+
+# --------------------------------------------------------------------------- #
+# Euclidean projections onto norm balls
+# --------------------------------------------------------------------------- #
+def project_l2_ball_(x: Tensor, epsilon: Radius) -> Tensor:
+    """In place: rescale each row with ``‖row‖₂ > ε`` onto the ε-sphere.
+
+    Rows already inside the ball are left bit-for-bit unchanged.
+
+    Parameters
+    ----------
+    x : Tensor, shape-(N, ...)
+        Rows, modified in place.
+    epsilon : float or Tensor, shape-(N,)
+        Radius of the ball (one for all rows, or one per row).
+
+    Returns
+    -------
+    Tensor
+        ``x``.
+
+    Examples
+    --------
+    >>> project_l2_ball_(torch.tensor([[3.0, 4.0], [0.3, 0.4]]), epsilon=1.0)
+    tensor([[0.6000, 0.8000],
+            [0.3000, 0.4000]])
+    """
+    norms = _per_row(row_norms(x, 2), x)
+    scale = (_radius(epsilon, x) / norms).clamp_(max=1.0)  # a zero row gives inf -> 1
+    return x.mul_(scale.to(x.dtype) if x.dtype in _HALF else scale)
+
+
+def project_l2_ball(x: Tensor, epsilon: Radius) -> Tensor:
+    """Out-of-place :func:`project_l2_ball_`.
+
+    Examples
+    --------
+    >>> project_l2_ball(torch.tensor([[6.0, 8.0]]), epsilon=5.0)
+    tensor([[3., 4.]])
+    """
+    return project_l2_ball_(x.clone(), epsilon)
+
+
+def project_linf_ball_(x: Tensor, epsilon: Radius) -> Tensor:
+    """In place: clamp every entry of each row to ``[-ε, ε]``.
+
+    Parameters
+    ----------
+    x : Tensor, shape-(N, ...)
+        Rows, modified in place.
+    epsilon : float or Tensor, shape-(N,)
+        Radius of the ball.
+
+    Returns
+    -------
+    Tensor
+        ``x``.
+
+    Examples
+    --------
+    >>> project_linf_ball_(torch.tensor([[-2.0, 1.5, 0.5]]), epsilon=1.0)
+    tensor([[-1.0000,  1.0000,  0.5000]])
+    """
+    _check_rows(x)
+    radius = _radius(epsilon, x)
+    if isinstance(radius, Tensor):
+        radius = radius.to(x.dtype)
+        return torch.clamp(x, min=-radius, max=radius, out=x)
+    return x.clamp_(-radius, radius)
+
+
+def project_linf_ball(x: Tensor, epsilon: Radius) -> Tensor:
+    """Out-of-place :func:`project_linf_ball_`.
+
+    Examples
+    --------
+    >>> project_linf_ball(torch.tensor([[-3.0, 0.25]]), epsilon=0.5)
+    tensor([[-0.5000,  0.2500]])
+    """
+    return project_linf_ball_(x.clone(), epsilon)
+
+
+def _project_l1_rows_(rows: Tensor, epsilon: Radius) -> None:
+    """Sort-based exact projection (Duchi et al., 2008) of each row of 2-D ``rows``."""
+    n = rows.shape[1]
+    if n == 0:
+        return
+    magnitude = rows.abs().to(_compute_dtype(rows))
+    radius = _radius(epsilon, magnitude)
+    # theta solves sum(max(|x| - theta, 0)) = eps; with u sorted descending and
+    # c_j = cumsum(u)_j - eps, the support size rho is the last j with u_j > c_j / j.
+    u = magnitude.sort(dim=1, descending=True).values
+    excess = u.cumsum(dim=1).sub_(radius)
+    ranks = torch.arange(1, n + 1, device=rows.device, dtype=u.dtype)
+    support = (u * ranks > excess).sum(dim=1, keepdim=True)
+    theta = excess.gather(1, (support - 1).clamp_(min=0)) / support.clamp(min=1)
+    inside = magnitude.sum(dim=1, keepdim=True) <= radius
+    theta = torch.where(inside, torch.zeros_like(theta), theta.clamp_(min=0))
+    shrunk = magnitude.sub_(theta).clamp_(min=0)
+    rows.copy_(shrunk.mul_(rows.sign()))
+
+
+def project_l1_ball_(x: Tensor, epsilon: Radius) -> Tensor:
+    """In place: exact Euclidean projection of each row onto the L1 ball of radius ε.
+
+    Solves ``argmin_{‖y‖₁ <= ε} ‖y - row‖₂`` by soft-thresholding with the
+    threshold found by one sort per row (Duchi et al., 2008), vectorized over
+    rows: ``O(n log n)`` per row, no host sync. Rows inside the ball are left
+    unchanged; the result is sparse (entries below the threshold become zero).
+
+    Parameters
+    ----------
+    x : Tensor, shape-(N, ...)
+        Rows, modified in place.
+    epsilon : float or Tensor, shape-(N,)
+        Radius of the ball.
+
+    Returns
+    -------
+    Tensor
+        ``x``.
+
+    Examples
+    --------
+    >>> project_l1_ball_(torch.tensor([[3.0, -1.5, 0.5]]), epsilon=2.0)
+    tensor([[ 1.7500, -0.2500,  0.0000]])
+    >>> project_l1_ball_(torch.tensor([[1.0, 1.0], [0.2, -0.3]]), epsilon=1.0)
+    tensor([[ 0.5000,  0.5000],
+            [ 0.2000, -0.3000]])
+    """
+    return _inplace_on_flat_rows(x, lambda rows: _project_l1_rows_(rows, epsilon))
+
+
+def project_l1_ball(x: Tensor, epsilon: Radius) -> Tensor:
+    """Out-of-place :func:`project_l1_ball_`.
+
+    Examples
+    --------
+    >>> project_l1_ball(torch.tensor([[2.0, 2.0]]), epsilon=1.0)
+    tensor([[0.5000, 0.5000]])
+    """
+    return project_l1_ball_(x.clone(), epsilon)
+
+
+# --------------------------------------------------------------------------- #
+# linear minimization oracles (unit balls)
+# --------------------------------------------------------------------------- #
+def lmo_l1_(g: Tensor) -> Tensor:
+    """In place: ``argmax_{‖s‖₁ <= 1} <g, s>`` per row, a signed one-hot vector.
+
+    The one is placed at the entry of largest ``|g|`` (the first on ties).
+    A Frank-Wolfe step toward ``-ε·s`` minimizes over the ε-ball.
+
+    Examples
+    --------
+    >>> lmo_l1_(torch.tensor([[1.0, -2.0], [0.0, 0.0]]))
+    tensor([[ 0., -1.],
+            [ 0.,  0.]])
+    """
+
+    def one_hot_signs(rows: Tensor) -> None:
+        if rows.shape[1] == 0:
+            return
+        index = rows.abs().argmax(dim=1, keepdim=True)
+        signs = rows.gather(1, index).sign_()
+        rows.zero_().scatter_(1, index, signs)
+
+    return _inplace_on_flat_rows(g, one_hot_signs)
+
+
+def lmo_l2_(g: Tensor, eps: float = TINY) -> Tensor:
+    """In place: ``argmax_{‖s‖₂ <= 1} <g, s> = g / ‖g‖₂`` per row (zero rows stay zero).
+
+    Examples
+    --------
+    >>> lmo_l2_(torch.tensor([[1.0, 2.0]]))
+    tensor([[0.4472, 0.8944]])
+    """
+    return normalize_(g, 2, eps)
+
+
+def lmo_linf_(g: Tensor) -> Tensor:
+    """In place: ``argmax_{‖s‖∞ <= 1} <g, s> = sign(g)``.
+
+    Examples
+    --------
+    >>> lmo_linf_(torch.tensor([[1.0, -2.0, 0.0]]))
+    tensor([[ 1., -1.,  0.]])
+    """
+    _check_rows(g)
+    return g.sign_()
+
+
+def lmo_l1q_(
+    g: Tensor,
+    q: float,
+    *,
+    dq: float = 0.0,
+    generator: torch.Generator | None = None,
+    eps: float = TINY,
+) -> Tensor:
+    """In place: the sparse L1q direction, :func:`l1q_normalize_` (a point of the unit L1 ball).
+
+    With ``q = 1 - 1/n`` it equals :func:`lmo_l1_`; smaller ``q`` spreads the
+    unit mass over more of the largest entries.
+
+    Examples
+    --------
+    >>> lmo_l1q_(torch.tensor([[0.0, 1.0, 2.0]]), q=0.3)
+    tensor([[0.0000, 0.5000, 0.5000]])
+    """
+    return l1q_normalize_(g, q, dq=dq, generator=generator, eps=eps)
+
+
+def frank_wolfe_update_(param: Tensor, direction: Tensor, alpha: float, scale: float) -> Tensor:
+    """In place: the Frank-Wolfe step ``p <- (1 - α) p - α · scale · direction``.
+
+    With ``direction`` an LMO output for the unit ball and ``scale = ε``, the
+    iterate stays inside the ε-ball whenever it starts there and ``α ∈ [0, 1]``.
+
+    Examples
+    --------
+    >>> p = torch.tensor([1.0, 1.0])
+    >>> frank_wolfe_update_(p, torch.tensor([0.0, 1.0]), alpha=1.0, scale=1.8)
+    tensor([ 0.0000, -1.8000])
+    """
+    return param.mul_(1.0 - alpha).add_(direction, alpha=-alpha * scale)
