@@ -25,8 +25,8 @@ Examples
 tensor([[ 0., -2.,  3.,  0.]])
 >>> F.l1q_normalize(g, q=0.5)
 tensor([[ 0.0000, -0.5000,  0.5000,  0.0000]])
+>>> F.project_l1_ball(torch.tensor([[3.0, 1.0]]), epsilon=2.0)
 tensor([[2., 0.]])
-tensor([[ 2., -0.]])
 """
 
 from __future__ import annotations
