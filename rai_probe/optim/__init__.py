@@ -10,8 +10,8 @@ Sparsity convention: ``q`` is the fraction of entries **dropped** (``q=0.99``
 keeps the largest 1 %).
 """
 
-from . import functional
-from ._options import REQUIRED
+from . import functional, options
+from .options import REQUIRED
 from .chained import ChainedParamTransformingOptimizer
 from .clamped import ClampedGradientOptimizer, ClampedParameterOptimizer
 from .frank_wolfe import FrankWolfe, L1FrankWolfe, L1qFrankWolfe, L2FrankWolfe, LinfFrankWolfe
@@ -29,6 +29,7 @@ from .projected import L1ProjectedOptim, L2ProjectedOptim, LinfProjectedOptim
 __all__ = [
     "REQUIRED",
     "functional",
+    "options",
     "ParamTransformingOptimizer",
     "ChainedParamTransformingOptimizer",
     "SignedGradientOptim",

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from torch import Tensor
 from torch.optim import SGD
 
-from . import _options as opt
+from . import options as opt
 from .normed import InnerOptimizer, Params
 from .param_transforming import ParamTransformingOptimizer
 

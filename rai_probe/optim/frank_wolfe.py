@@ -8,9 +8,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _options as opt
+from . import options as opt
 from . import functional as F
-from ._options import REQUIRED, TINY
+from .options import REQUIRED, TINY
 from .normed import TOPQ_OPTIONS, Params
 from .param_transforming import ParamTransformingOptimizer
 

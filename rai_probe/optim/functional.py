@@ -36,7 +36,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor
 
-from ._options import TINY
+from .options import TINY
 
 __all__ = [
     "TINY",
@@ -489,8 +489,8 @@ def _project_l1_rows_(rows: Tensor, epsilon: Radius) -> None:
     theta = excess.gather(1, (support - 1).clamp_(min=0)) / support.clamp(min=1)
     inside = magnitude.sum(dim=1, keepdim=True) <= radius
     theta = torch.where(inside, torch.zeros_like(theta), theta.clamp_(min=0))
-    shrunk = magnitude.sub_(theta).clamp_(min=0)
-    rows.copy_(shrunk.mul_(rows.sign()))
+    shrunk = magnitude.sub_(theta)
+    rows.copy_(torch.where(shrunk > 0, shrunk.copysign(rows), 0.0))  # +0 where zeroed
 
 
 def project_l1_ball_(x: Tensor, epsilon: Radius) -> Tensor:

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 from torch.optim import SGD, Optimizer
 
-from . import _options as opt
+from . import options as opt
 from . import functional as F
-from ._options import REQUIRED, TINY
+from .options import REQUIRED, TINY
 from .param_transforming import ParamTransformingOptimizer
 
 __all__ = [

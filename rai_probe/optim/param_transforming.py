@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 from torch.optim import SGD, Optimizer
 
-from . import _options as opt
-from ._options import REQUIRED, OptionCheck
+from . import options as opt
+from .options import REQUIRED, OptionCheck
 
 __all__ = ["ParamTransformingOptimizer", "rows_shape"]
 

@@ -3,9 +3,20 @@
 Every option of every optimizer in :mod:`rai_probe.optim` is stored per param
 group: the constructor value is the default, a param-group dict may override
 it, and so may ``add_param_group`` later. Each class declares its options as a
-mapping ``name -> check`` (class attribute ``_options``); the checks below
-raise a ``ValueError`` (or ``TypeError`` for a missing required option) that
-names the option, the offending value and the allowed range.
+mapping ``name -> check`` (class attribute ``_options``, merged along the MRO);
+a check is called as ``check(where, name, value)`` and raises a ``ValueError``
+naming the option, the offending value and the allowed range. A missing
+``REQUIRED`` option raises ``TypeError``. Use these checks when you write your
+own transforming optimizer (see docs/optimizers.md).
+
+Examples
+--------
+>>> from rai_probe.optim import options
+>>> options.unit_interval("MyOptim", "q", 0.5)  # fine: returns None
+>>> options.unit_interval("MyOptim", "q", 1.5)
+Traceback (most recent call last):
+...
+ValueError: MyOptim: option `q` must be a real number within [0, 1]; got q=1.5
 """
 
 from __future__ import annotations
@@ -16,7 +27,22 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-__all__ = ["REQUIRED", "OptionCheck", "collect_options", "check_options", "fill_defaults"]
+__all__ = [
+    "REQUIRED",
+    "TINY",
+    "OptionCheck",
+    "real",
+    "unit_interval",
+    "positive",
+    "nonnegative",
+    "optional_real",
+    "boolean",
+    "generator",
+    "param_ndim",
+    "collect_options",
+    "check_options",
+    "fill_defaults",
+]
 
 #: Smallest positive normal float32: the default lower bound for divisors.
 TINY = torch.finfo(torch.float32).tiny
