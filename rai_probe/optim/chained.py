@@ -134,10 +134,7 @@ class ChainedParamTransformingOptimizer(ParamTransformingOptimizer):
         if getattr(self, "_constructing", False) or not self._members:
             super().add_param_group(param_group)
             return
-        params = param_group["params"]
-        param_group["params"] = [params] if isinstance(params, Tensor) else list(params)
-        where = f"{type(self).__name__} (param group {len(self.param_groups)})"
-        self._prepare_group(param_group, where)
+        where = self._admit_group(param_group)
         member_groups = [self._member_group(param_group, f) for f in self._factories]
         for member, member_group in zip(self._members, member_groups):
             member._prepare_group(dict(member_group), f"{type(member).__name__} ({where})")

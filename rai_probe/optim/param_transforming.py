@@ -342,13 +342,18 @@ class ParamTransformingOptimizer(Optimizer):
         if getattr(self, "_constructing", False):
             super().add_param_group(param_group)
             return
+        self._admit_group(param_group)
+        self._inner_opt.add_param_group(param_group)
+
+    def _admit_group(self, param_group: dict[str, Any]) -> str:
+        """Normalize a new group's ``params``, fill and validate its options; return its label."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict; got {type(param_group).__name__}")
         params = param_group["params"]
         param_group["params"] = [params] if isinstance(params, Tensor) else list(params)
         where = f"{type(self).__name__} (param group {len(self.param_groups)})"
         self._prepare_group(param_group, where)
-        self._inner_opt.add_param_group(param_group)
+        return where
 
     # ------------------------------------------------------------------ #
     # transforms
@@ -485,3 +490,6 @@ class ParamTransformingOptimizer(Optimizer):
 
     def __repr__(self) -> str:
         return f"{super().__repr__()}\nInnerOpt: {type(self._inner_opt).__name__}"
+
+
+ParamTransformingOptimizer._all_options = opt.collect_options(ParamTransformingOptimizer)
