@@ -139,13 +139,35 @@ class _FrankWolfeFamily(ParamTransformingOptimizer):
         use_default_lr_schedule: bool = True,
         param_ndim: int | None = -1,
         div_by_zero_eps: float = TINY,
-        **options: Any,
+    ) -> None:
+        self._init_family(
+            params,
+            epsilon=epsilon,
+            lr=lr,
+            use_default_lr_schedule=use_default_lr_schedule,
+            param_ndim=param_ndim,
+            div_by_zero_eps=div_by_zero_eps,
+            lmo_options={},
+        )
+
+    def _init_family(
+        self,
+        params: Params,
+        *,
+        epsilon: float,
+        lr: float,
+        use_default_lr_schedule: bool,
+        param_ndim: int | None,
+        div_by_zero_eps: float,
+        lmo_options: dict[str, Any],
     ) -> None:
         super().__init__(
             params,
             FrankWolfe,
             param_ndim=param_ndim,
-            defaults=opt.fill_defaults(None, epsilon=epsilon, div_by_zero_eps=div_by_zero_eps, **options),
+            defaults=opt.fill_defaults(
+                lmo_options, epsilon=epsilon, div_by_zero_eps=div_by_zero_eps
+            ),
             lr=lr,
             use_default_lr_schedule=use_default_lr_schedule,
             div_by_zero_eps=div_by_zero_eps,
@@ -153,6 +175,12 @@ class _FrankWolfeFamily(ParamTransformingOptimizer):
 
     def _prepare_group(self, group: dict[str, Any], where: str) -> None:
         super()._prepare_group(group, where)
+        if group["grad_scale"] != 1 or group["grad_bias"] != 0:
+            raise ValueError(
+                f"{where}: Frank-Wolfe optimizers need grad_scale=1 and grad_bias=0 (the "
+                "direction must stay in the unit ball; set the radius with `epsilon`); got "
+                f"grad_scale={group['grad_scale']!r}, grad_bias={group['grad_bias']!r}"
+            )
         group["lmo_scaling_factor"] = group["epsilon"]
 
     def _apply_pre_step_transform_(self) -> None:
@@ -300,16 +328,14 @@ class L1qFrankWolfe(_FrankWolfeFamily):
         div_by_zero_eps: float = TINY,
         generator: torch.Generator = torch.default_generator,
     ) -> None:
-        super().__init__(
+        self._init_family(
             params,
             epsilon=epsilon,
             lr=lr,
             use_default_lr_schedule=use_default_lr_schedule,
             param_ndim=param_ndim,
             div_by_zero_eps=div_by_zero_eps,
-            q=q,
-            dq=dq,
-            generator=generator,
+            lmo_options={"q": q, "dq": dq, "generator": generator},
         )
 
     def _pre_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:
