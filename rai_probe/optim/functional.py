@@ -31,6 +31,7 @@ tensor([[2., 0.]])
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Union
 
 import torch
@@ -85,6 +86,12 @@ def _radius(epsilon: Radius, x: Tensor) -> Radius:
     if isinstance(epsilon, Tensor):
         return _per_row(epsilon.to(device=x.device, dtype=_compute_dtype(x)), x)
     return epsilon
+
+
+def _exponent_range(dtype: torch.dtype) -> tuple[int, int]:
+    """Binary exponents whose powers of two, and their inverses, are normal numbers of ``dtype``."""
+    info = torch.finfo(dtype)
+    return math.frexp(info.tiny)[1] + 2, math.frexp(info.max)[1] - 3
 
 
 def _check_rows(x: Tensor, name: str = "x") -> None:
@@ -179,7 +186,8 @@ def _keep_top_k_(
     _, index = rows.abs().topk(k_max, dim=1, sorted=not isinstance(k, int))
     kept = rows.gather(1, index)
     if not isinstance(k, int):  # device-side k: mask the surplus of the k_max largest
-        kept = kept * (torch.arange(k_max, device=rows.device) < k.to(rows.device))
+        surplus = torch.arange(k_max, device=rows.device) >= k.to(rows.device)
+        kept = kept.masked_fill(surplus, 0)  # not a product: inf * 0 would be NaN
     if values_fn is not None:
         kept = values_fn(kept)
     rows.zero_().scatter_(1, index, kept.to(rows.dtype))
@@ -218,9 +226,18 @@ def row_norms(x: Tensor, p: float) -> Tensor:
     tensor([4.])
     """
     _check_rows(x)
-    return torch.linalg.vector_norm(
-        x.reshape(x.shape[0], -1), ord=p, dim=1, dtype=_compute_dtype(x)
-    )
+    flat, dtype = x.reshape(x.shape[0], -1), _compute_dtype(x)
+    if p in (0, 1) or math.isinf(p):  # no powers of entries: exact range as is
+        return torch.linalg.vector_norm(flat, ord=p, dim=1, dtype=dtype)
+    # Squares of float32 entries below ~1e-19 underflow and above ~1e19 overflow
+    # (saturated-softmax gradients reach 1e-23), so scale each row by the power of
+    # two that brings its largest entry into [0.5, 1): exact, and bit-identical to
+    # the plain norm wherever that one is representable.
+    largest = torch.linalg.vector_norm(flat, ord=math.inf, dim=1, keepdim=True, dtype=dtype)
+    exponent = torch.frexp(largest).exponent.clamp_(*_exponent_range(dtype))
+    scaled = flat.to(dtype) * torch.pow(2.0, -exponent.to(dtype))
+    norms = torch.linalg.vector_norm(scaled, ord=p, dim=1)
+    return norms * torch.pow(2.0, exponent.squeeze(1).to(dtype))
 
 
 def normalize_(x: Tensor, p: float, eps: float = TINY) -> Tensor:
@@ -480,16 +497,20 @@ def _project_l1_rows_(rows: Tensor, epsilon: Radius) -> None:
         return
     magnitude = rows.abs().to(_compute_dtype(rows))
     radius = _radius(epsilon, magnitude)
+    if isinstance(radius, Tensor):
+        radius = radius.double()
     # theta solves sum(max(|x| - theta, 0)) = eps; with u sorted descending and
     # c_j = cumsum(u)_j - eps, the support size rho is the last j with u_j > c_j / j.
+    # The partial sums are accumulated in float64: their rounding error, which
+    # grows with sum(|x|), is what limits how exactly the result meets the radius.
     u = magnitude.sort(dim=1, descending=True).values
-    excess = u.cumsum(dim=1).sub_(radius)
-    ranks = torch.arange(1, n + 1, device=rows.device, dtype=u.dtype)
+    excess = u.cumsum(dim=1, dtype=torch.float64).sub_(radius)
+    ranks = torch.arange(1, n + 1, device=rows.device, dtype=torch.float64)
     support = (u * ranks > excess).sum(dim=1, keepdim=True)
     theta = excess.gather(1, (support - 1).clamp_(min=0)) / support.clamp(min=1)
-    inside = magnitude.sum(dim=1, keepdim=True) <= radius
+    inside = magnitude.sum(dim=1, keepdim=True, dtype=torch.float64) <= radius
     theta = torch.where(inside, torch.zeros_like(theta), theta.clamp_(min=0))
-    shrunk = magnitude.sub_(theta)
+    shrunk = magnitude.sub_(theta.to(magnitude.dtype))
     rows.copy_(torch.where(shrunk > 0, shrunk.copysign(rows), 0.0))  # +0 where zeroed
 
 
