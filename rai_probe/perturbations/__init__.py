@@ -1,0 +1,28 @@
+"""Perturbation models, ball-uniform initializers and the solver that runs attacks.
+
+A perturbation model (:class:`AdditivePerturbation` or any module satisfying
+:class:`PerturbationModel`) holds the trainable perturbation; the
+``uniform_like_*_n_ball_`` initializers draw its starting point uniformly from
+an ε-ball, per row as in :mod:`rai_probe.optim`; :func:`gradient_ascent`
+pairs it with any optimizer of :mod:`rai_probe.optim` against a frozen
+classifier. See docs/perturbations.md.
+"""
+
+from .initializers import (
+    uniform_like_l1_n_ball_,
+    uniform_like_l2_n_ball_,
+    uniform_like_linf_n_ball_,
+)
+from .models import AdditivePerturbation, PerturbationModel
+from .solvers import AttackResult, gradient_ascent, random_restart
+
+__all__ = [
+    "PerturbationModel",
+    "AdditivePerturbation",
+    "uniform_like_l1_n_ball_",
+    "uniform_like_l2_n_ball_",
+    "uniform_like_linf_n_ball_",
+    "gradient_ascent",
+    "random_restart",
+    "AttackResult",
+]
