@@ -49,3 +49,8 @@ __all__ = [
     "LinfFrankWolfe",
     "L1qFrankWolfe",
 ]
+
+from . import smoothing
+from .smoothing import GradientSampling, LaplacianSmoothing
+
+__all__ += ["smoothing", "LaplacianSmoothing", "GradientSampling"]

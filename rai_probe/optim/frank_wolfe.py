@@ -11,8 +11,8 @@ from torch.optim import Optimizer
 from . import options as opt
 from . import functional as F
 from .options import REQUIRED, TINY
+from .constraints import BallConstrained, bound_rows
 from .normed import TOPQ_OPTIONS, Params
-from .param_transforming import ParamTransformingOptimizer
 
 __all__ = ["FrankWolfe", "L1FrankWolfe", "L1qFrankWolfe", "L2FrankWolfe", "LinfFrankWolfe"]
 
@@ -120,25 +120,32 @@ class FrankWolfe(Optimizer):
         return loss
 
 
-class _FrankWolfeFamily(ParamTransformingOptimizer):
-    """A :class:`FrankWolfe` step on the LMO direction of a norm ball of radius ``epsilon``.
+class _FrankWolfeFamily(BallConstrained):
+    """A :class:`FrankWolfe` step toward the LMO vertex of an ε-ball (optionally within a box).
 
-    The inner optimizer's ``lmo_scaling_factor`` is derived from each group's
-    ``epsilon`` (refreshed at every step, so changing ``epsilon`` in a param
-    group takes effect at once).
+    With a float ``epsilon`` and no ``bounds``, the pre-step turns the
+    gradient into the unit-ball LMO direction and the inner optimizer's
+    ``lmo_scaling_factor`` is ``epsilon``. With per-row ``epsilon`` or with
+    ``bounds``, the gradient becomes minus the vertex of the ε-ball ∩ box
+    (:func:`~rai_probe.optim.functional.fw_vertex_box_`) and the factor is 1.
+    The factor is refreshed at every step, so changing ``epsilon`` or
+    ``bounds`` in a param group takes effect at once.
     """
 
-    _options = {"epsilon": opt.positive, "div_by_zero_eps": opt.positive}
+    _options = {"div_by_zero_eps": opt.positive}
+    #: The ball's name for :func:`~rai_probe.optim.functional.fw_vertex_box_`.
+    _norm: ClassVar[str]
 
     def __init__(
         self,
         params: Params,
         *,
-        epsilon: float = REQUIRED,  # type: ignore[assignment]
+        epsilon: float | Tensor = REQUIRED,  # type: ignore[assignment]
         lr: float = 2.0,
         use_default_lr_schedule: bool = True,
         param_ndim: int | None = -1,
         div_by_zero_eps: float = TINY,
+        bounds: tuple[float | Tensor, float | Tensor] | None = None,
     ) -> None:
         self._init_family(
             params,
@@ -147,7 +154,7 @@ class _FrankWolfeFamily(ParamTransformingOptimizer):
             use_default_lr_schedule=use_default_lr_schedule,
             param_ndim=param_ndim,
             div_by_zero_eps=div_by_zero_eps,
-            lmo_options={},
+            lmo_options={"bounds": bounds},
         )
 
     def _init_family(
@@ -181,12 +188,38 @@ class _FrankWolfeFamily(ParamTransformingOptimizer):
                 "direction must stay in the unit ball; set the radius with `epsilon`); got "
                 f"grad_scale={group['grad_scale']!r}, grad_bias={group['grad_bias']!r}"
             )
-        group["lmo_scaling_factor"] = group["epsilon"]
+        group["lmo_scaling_factor"] = self._lmo_scale(group)
+
+    @staticmethod
+    def _lmo_scale(group: dict[str, Any]) -> float:
+        epsilon = group["epsilon"]
+        return epsilon if group["bounds"] is None and not isinstance(epsilon, Tensor) else 1.0
 
     def _apply_pre_step_transform_(self) -> None:
         for group in self.param_groups:
-            group["lmo_scaling_factor"] = group["epsilon"]
+            group["lmo_scaling_factor"] = self._lmo_scale(group)
         super()._apply_pre_step_transform_()
+
+    def _unit_lmo_(self, grad: Tensor, optim_group: dict[str, Any]) -> None:
+        """``grad <-`` the LMO direction of the unit ball (per row, in place)."""
+        raise NotImplementedError
+
+    def _vertex_options(self, optim_group: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def _pre_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:
+        epsilon, box = optim_group["epsilon"], optim_group["bounds"]
+        if box is None:
+            self._unit_lmo_(param.grad, optim_group)
+            if isinstance(epsilon, Tensor):
+                radius = epsilon.to(device=param.device, dtype=param.dtype)
+                param.grad.mul_(radius.view(-1, *[1] * (param.ndim - 1)))
+            return
+        lower, upper = (bound_rows(b, param) for b in box)
+        vertex = F.fw_vertex_box_(
+            param.grad, self._norm, epsilon, lower, upper, **self._vertex_options(optim_group)
+        )
+        vertex.neg_()
 
 
 class L1FrankWolfe(_FrankWolfeFamily):
@@ -200,8 +233,9 @@ class L1FrankWolfe(_FrankWolfeFamily):
     ----------
     params : iterable of Tensor or of dict
         Parameters or param-group dicts.
-    epsilon : float
-        Radius of the L1 ball, > 0. Required. Per group.
+    epsilon : float or Tensor, shape-(N,)
+        Radius of the L1 ball, > 0: one for all rows, or one per row (per
+        datum with the default ``param_ndim=-1``). Required. Per group.
     lr : float, optional (default=2.0)
         See :class:`FrankWolfe`. Per group.
     use_default_lr_schedule : bool, optional (default=True)
@@ -210,6 +244,11 @@ class L1FrankWolfe(_FrankWolfeFamily):
         See :class:`~rai_probe.optim.ParamTransformingOptimizer`. Per group.
     div_by_zero_eps : float, optional (default=float32 tiny)
         Lower bound on the schedule's divisor. Per group.
+    bounds : (lower, upper), optional
+        A box containing 0 that the parameter must also stay in (numbers or
+        parameter-shaped tensors), e.g. ``(0 - x, 1 - x)`` for a perturbation
+        of a valid image ``x``. The LMO then returns the exact vertex of the
+        ε-ball ∩ box, so iterates stay in both. Per group.
 
     Examples
     --------
@@ -223,8 +262,10 @@ class L1FrankWolfe(_FrankWolfeFamily):
     tensor([ 0.0000, -1.8000], requires_grad=True)
     """
 
-    def _pre_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:
-        F.lmo_l1_(param.grad)
+    _norm = "l1"
+
+    def _unit_lmo_(self, grad: Tensor, optim_group: dict[str, Any]) -> None:
+        F.lmo_l1_(grad)
 
 
 class L2FrankWolfe(_FrankWolfeFamily):
@@ -232,7 +273,7 @@ class L2FrankWolfe(_FrankWolfeFamily):
 
     Parameters
     ----------
-    params, epsilon, lr, use_default_lr_schedule, param_ndim, div_by_zero_eps
+    params, epsilon, lr, use_default_lr_schedule, param_ndim, div_by_zero_eps, bounds
         See :class:`L1FrankWolfe`; ``div_by_zero_eps`` also bounds the gradient norm.
 
     Examples
@@ -247,8 +288,10 @@ class L2FrankWolfe(_FrankWolfeFamily):
     tensor([-0.8050, -1.6100], requires_grad=True)
     """
 
-    def _pre_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:
-        F.lmo_l2_(param.grad, optim_group["div_by_zero_eps"])
+    _norm = "l2"
+
+    def _unit_lmo_(self, grad: Tensor, optim_group: dict[str, Any]) -> None:
+        F.lmo_l2_(grad, optim_group["div_by_zero_eps"])
 
 
 class LinfFrankWolfe(_FrankWolfeFamily):
@@ -256,7 +299,7 @@ class LinfFrankWolfe(_FrankWolfeFamily):
 
     Parameters
     ----------
-    params, epsilon, lr, use_default_lr_schedule, param_ndim, div_by_zero_eps
+    params, epsilon, lr, use_default_lr_schedule, param_ndim, div_by_zero_eps, bounds
         See :class:`L1FrankWolfe`.
 
     Examples
@@ -271,8 +314,10 @@ class LinfFrankWolfe(_FrankWolfeFamily):
     tensor([-1.8000, -1.8000], requires_grad=True)
     """
 
-    def _pre_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:
-        F.lmo_linf_(param.grad)
+    _norm = "linf"
+
+    def _unit_lmo_(self, grad: Tensor, optim_group: dict[str, Any]) -> None:
+        F.lmo_linf_(grad)
 
 
 class L1qFrankWolfe(_FrankWolfeFamily):
@@ -291,8 +336,9 @@ class L1qFrankWolfe(_FrankWolfeFamily):
         Parameters or param-group dicts.
     q : float
         Fraction of gradient entries dropped, within [0, 1]. Required. Per group.
-    epsilon : float
-        Radius of the L1 ball, > 0. Required. Per group.
+    epsilon : float or Tensor, shape-(N,)
+        Radius of the L1 ball, > 0: one for all rows, or one per row (per
+        datum with the default ``param_ndim=-1``). Required. Per group.
     dq : float, optional (default=0.0)
         If positive, ``q`` is drawn once per parameter per step from
         ``U[max(0, q - dq), min(1, q + dq)]``. Per group.
@@ -300,6 +346,8 @@ class L1qFrankWolfe(_FrankWolfeFamily):
         See :class:`L1FrankWolfe`.
     generator : torch.Generator, optional (default=torch.default_generator)
         RNG for the ``dq`` draw. Per group.
+    bounds : (lower, upper), optional
+        See :class:`L1FrankWolfe`.
 
     Examples
     --------
@@ -320,13 +368,14 @@ class L1qFrankWolfe(_FrankWolfeFamily):
         params: Params,
         *,
         q: float = REQUIRED,  # type: ignore[assignment]
-        epsilon: float = REQUIRED,  # type: ignore[assignment]
+        epsilon: float | Tensor = REQUIRED,  # type: ignore[assignment]
         dq: float = 0.0,
         lr: float = 2.0,
         use_default_lr_schedule: bool = True,
         param_ndim: int | None = -1,
         div_by_zero_eps: float = TINY,
         generator: torch.Generator = torch.default_generator,
+        bounds: tuple[float | Tensor, float | Tensor] | None = None,
     ) -> None:
         self._init_family(
             params,
@@ -335,14 +384,19 @@ class L1qFrankWolfe(_FrankWolfeFamily):
             use_default_lr_schedule=use_default_lr_schedule,
             param_ndim=param_ndim,
             div_by_zero_eps=div_by_zero_eps,
-            lmo_options={"q": q, "dq": dq, "generator": generator},
+            lmo_options={"q": q, "dq": dq, "generator": generator, "bounds": bounds},
         )
 
-    def _pre_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:
+    _norm = "l1q"
+
+    def _unit_lmo_(self, grad: Tensor, optim_group: dict[str, Any]) -> None:
         F.lmo_l1q_(
-            param.grad,
+            grad,
             optim_group["q"],
             dq=optim_group["dq"],
             generator=optim_group["generator"],
             eps=optim_group["div_by_zero_eps"],
         )
+
+    def _vertex_options(self, optim_group: dict[str, Any]) -> dict[str, Any]:
+        return {"q": optim_group["q"], "dq": optim_group["dq"], "generator": optim_group["generator"]}

@@ -60,6 +60,7 @@ __all__ = [
     "lmo_l2_",
     "lmo_linf_",
     "lmo_l1q_",
+    "fw_vertex_box_",
     "frank_wolfe_update_",
 ]
 
@@ -708,6 +709,154 @@ def lmo_l1q_(
     tensor([[0.0000, 0.5000, 0.5000]])
     """
     return l1q_normalize_(g, q, dq=dq, generator=generator, eps=eps)
+
+
+# --------------------------------------------------------------------------- #
+# Frank-Wolfe vertices of a ball intersected with a box
+# --------------------------------------------------------------------------- #
+def _capacity(g: Tensor, radius: Radius, lower: Tensor, upper: Tensor) -> Tensor:
+    """How far each entry may move against its gradient inside the box (0 where g = 0), at most ε."""
+    room = torch.where(g < 0, upper, -lower).to(g.dtype)
+    room = torch.where(g == 0, torch.zeros_like(room), room)
+    return torch.minimum(room, torch.as_tensor(radius, dtype=g.dtype, device=g.device))
+
+
+def _vertex_rows_(
+    rows: Tensor, norm: str, radius: Radius, lower: Tensor, upper: Tensor, k: int | Tensor, k_max: int
+) -> None:
+    """``rows <- argmin <rows, v>`` over ``{‖v‖ <= ε} ∩ [lower, upper]`` for 2-D ``rows``."""
+    g = rows.to(torch.float64)
+    radius = _radius(radius, g)
+    capacity = _capacity(g, radius, lower.to(g), upper.to(g)).expand_as(g)
+    if norm == "linf":
+        amount = capacity
+    elif norm == "l1":  # fractional knapsack: largest |g| first, each up to its capacity
+        order = g.abs().argsort(dim=1, descending=True)
+        room = capacity.gather(1, order)
+        spent = room.cumsum(dim=1) - room
+        amount = torch.zeros_like(g).scatter_(1, order, (radius - spent).clamp(min=0).minimum(room))
+    elif norm == "l1q":  # the k largest movable entries share ε equally, each up to its capacity
+        score = g.abs() * (capacity > 0)
+        index = score.topk(k_max, dim=1, sorted=True).indices
+        room = capacity.gather(1, index)
+        if not isinstance(k, int):
+            room = room.masked_fill(torch.arange(k_max, device=g.device) >= k.to(g.device), 0.0)
+        amount = torch.zeros_like(g).scatter_(1, index, _water_fill(room, radius))
+    elif norm == "l2":
+        amount = _l2_box_amounts(g.abs(), capacity, radius)
+    else:  # pragma: no cover - internal
+        raise ValueError(norm)
+    rows.copy_(torch.where(amount > 0, -amount.copysign(g), 0.0))
+
+
+def _water_fill(room: Tensor, radius: Radius) -> Tensor:
+    """Per row, ``min(room, τ)`` with ``τ`` such that the row sums to ε (all of ``room`` if it cannot)."""
+    width = room.shape[1]
+    if width == 0:
+        return room
+    ascending = room.sort(dim=1).values
+    filled = ascending.cumsum(dim=1) - ascending  # room of the entries below j
+    remaining = torch.arange(width, 0, -1, device=room.device, dtype=room.dtype)
+    level = (radius - filled) / remaining  # τ if entries below j are capped, the rest get τ
+    fits = level <= ascending
+    first = fits.to(torch.int8).argmax(dim=1, keepdim=True)
+    tau = torch.where(fits.any(dim=1, keepdim=True), level.gather(1, first), torch.full_like(first, 1.0, dtype=room.dtype) * torch.inf)
+    return room.minimum(tau)
+
+
+def _l2_box_amounts(magnitude: Tensor, capacity: Tensor, radius: Radius) -> Tensor:
+    """``min(λ|g|, c)`` with ``λ`` such that the L2 norm is ε (or every entry at capacity)."""
+    width = magnitude.shape[1]
+    # entry i saturates at lam_i = c_i / |g_i|; between saturations the squared norm is lam^2 A + B
+    saturation = torch.where(magnitude > 0, capacity / magnitude, torch.full_like(magnitude, torch.inf))
+    order = saturation.argsort(dim=1)
+    lam = saturation.gather(1, order)
+    g2 = magnitude.gather(1, order).square()
+    c2 = capacity.gather(1, order).square()
+    saturated_below = c2.cumsum(dim=1) - c2  # B when entries < j are saturated
+    free_from = g2.flip(1).cumsum(dim=1).flip(1)  # A when entries >= j are free
+    at_breakpoint = torch.where(torch.isinf(lam), torch.inf, saturated_below + lam.square() * free_from)
+    crossing = (at_breakpoint < radius**2).sum(dim=1, keepdim=True).clamp_(max=width - 1)
+    a = free_from.gather(1, crossing)
+    b = saturated_below.gather(1, crossing)
+    solution = ((radius**2 - b).clamp(min=0) / a.clamp(min=torch.finfo(a.dtype).tiny)).sqrt()
+    reaches = at_breakpoint.gather(1, crossing) >= radius**2
+    lam_star = torch.where(reaches, solution, torch.full_like(solution, torch.inf))
+    return torch.minimum(lam_star * magnitude, capacity)
+
+
+def fw_vertex_box_(
+    g: Tensor,
+    norm: str,
+    epsilon: Radius,
+    lower: Tensor | float,
+    upper: Tensor | float,
+    *,
+    q: float = 0.0,
+    dq: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """In place: ``g <- argmin_v <g, v>`` over the ε-ball intersected with a box containing 0.
+
+    The Frank-Wolfe vertex of ``{‖v‖ <= ε} ∩ [lower, upper]`` (per row): the
+    point a Frank-Wolfe step moves toward. Unlike the unit-ball LMOs above
+    (which return the maximizing *direction*), this returns the minimizing
+    *point*, because the box breaks the symmetry. Exact for every norm:
+
+    * ``"linf"``: ``clamp(-ε sign(g), lower, upper)``;
+    * ``"l1"``: fractional knapsack — entries in order of ``|g|``, each moved
+      against its gradient up to the box, until ε is spent;
+    * ``"l1q"``: the ``k = round((1 - q) n)`` largest ``|g|`` among entries that
+      can move share ε equally, each capped by the box (water-filling); with
+      an unbounded box this is ``-ε ·`` :func:`l1q_normalize_`;
+    * ``"l2"``: ``clip(-λ g, lower, upper)`` with ``λ`` giving norm ε (sort of
+      the saturation points).
+
+    Parameters
+    ----------
+    g : Tensor, shape-(N, ...)
+        Gradient rows, overwritten by the vertex.
+    norm : {"l1", "l1q", "l2", "linf"}
+        The ball.
+    epsilon : float or Tensor, shape-(N,)
+        Radius.
+    lower, upper : float or Tensor broadcastable to ``g``
+        The box, with ``lower <= 0 <= upper``.
+    q, dq, generator
+        Sparsity of ``"l1q"`` (see :func:`l1q_normalize_`).
+
+    Returns
+    -------
+    Tensor
+        ``g``.
+
+    Examples
+    --------
+    >>> g = torch.tensor([[-3.0, 2.0, 1.0]])
+    >>> fw_vertex_box_(g.clone(), "l1", 2.0, lower=-0.5, upper=1.0)
+    tensor([[ 1.0000, -0.5000, -0.5000]])
+    >>> fw_vertex_box_(g.clone(), "l1q", 2.0, lower=-0.5, upper=1.0, q=0.4)
+    tensor([[ 1.0000, -0.5000,  0.0000]])
+    >>> fw_vertex_box_(g.clone(), "linf", 2.0, lower=-0.5, upper=1.0)
+    tensor([[ 1.0000, -0.5000, -0.5000]])
+    """
+    if norm not in ("l1", "l1q", "l2", "linf"):
+        raise ValueError(f"`norm` must be one of 'l1', 'l1q', 'l2', 'linf'; got {norm!r}")
+    _check_rows(g)
+    n = g[0].numel() if g.shape[0] else 0
+    k, k_max = _draw_kept(n, q, dq, generator) if norm == "l1q" else (n, n)
+    if norm == "l1q" and k_max == 0:
+        return g.zero_()
+    lower_t = torch.as_tensor(lower, device=g.device, dtype=torch.float64)
+    upper_t = torch.as_tensor(upper, device=g.device, dtype=torch.float64)
+
+    def vertex(rows: Tensor) -> None:
+        shape = rows.shape
+        low = lower_t.expand(g.shape).reshape(shape) if lower_t.ndim else lower_t
+        high = upper_t.expand(g.shape).reshape(shape) if upper_t.ndim else upper_t
+        _vertex_rows_(rows, norm, epsilon, low, high, k, k_max)
+
+    return _inplace_on_flat_rows(g, vertex)
 
 
 def frank_wolfe_update_(param: Tensor, direction: Tensor, alpha: float, scale: float) -> Tensor:

@@ -36,6 +36,8 @@ __all__ = [
     "positive",
     "nonnegative",
     "optional_real",
+    "radius",
+    "bounds",
     "boolean",
     "generator",
     "param_ndim",
@@ -114,6 +116,39 @@ def optional_real(where: str, name: str, value: Any) -> None:
     """``None`` or a real number (infinities allowed: they mean 'unbounded')."""
     if value is not None and (not _is_real(value) or math.isnan(value)):
         raise _fail(where, name, value, "None or a real number")
+
+
+def radius(where: str, name: str, value: Any) -> None:
+    """A finite real number > 0, or a 1-D floating tensor of them (one radius per row)."""
+    if isinstance(value, torch.Tensor):
+        if (
+            value.ndim != 1
+            or not value.is_floating_point()
+            or not bool(torch.isfinite(value).all())
+            or not bool((value > 0).all())
+        ):
+            raise _fail(
+                where, name, value, "a finite real number > 0 or a 1-D floating tensor of them"
+            )
+        return
+    positive(where, name, value)
+
+
+def bounds(where: str, name: str, value: Any) -> None:
+    """``None`` or a pair ``(lower, upper)`` of numbers or tensors with ``lower <= 0 <= upper``."""
+    if value is None:
+        return
+    allowed = "None or a pair (lower, upper) of numbers or tensors with lower <= 0 <= upper"
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise _fail(where, name, value, allowed)
+    lower, upper = value
+    for side, sign in ((lower, -1), (upper, 1)):
+        if isinstance(side, torch.Tensor):
+            ok = side.is_floating_point() and not bool(torch.isnan(side).any()) and bool((sign * side >= 0).all())
+        else:
+            ok = _is_real(side) and not math.isnan(side) and sign * side >= 0
+        if not ok:
+            raise _fail(where, name, value, allowed)
 
 
 def boolean(where: str, name: str, value: Any) -> None:

@@ -10,6 +10,7 @@ from torch.optim import SGD
 
 from . import options as opt
 from . import functional as F
+from .constraints import BallConstrained, bound_rows
 from .options import REQUIRED, TINY
 from .normed import (
     InnerOptimizer,
@@ -21,10 +22,14 @@ from .normed import (
 
 __all__ = ["L1ProjectedOptim", "L2ProjectedOptim", "LinfProjectedOptim"]
 
-_EPSILON = {"epsilon": opt.positive}
+
+def _clamp_to_box_(param: Tensor, group: dict[str, Any]) -> None:
+    if group["bounds"] is not None:
+        lower, upper = (bound_rows(b, param) for b in group["bounds"])
+        torch.clamp(param, lower, upper, out=param)
 
 
-class L2ProjectedOptim(L2NormedGradientOptim):
+class L2ProjectedOptim(BallConstrained, L2NormedGradientOptim):
     """L2-normalized gradient step, then projection onto the L2 ε-ball (PGD-L2).
 
     After the inner step, each row with ``‖p‖₂ > ε`` is rescaled onto the
@@ -34,8 +39,13 @@ class L2ProjectedOptim(L2NormedGradientOptim):
     ----------
     params, InnerOpt, param_ndim, grad_scale, grad_bias, defaults, **inner_opt_kwargs
         See :class:`~rai_probe.optim.ParamTransformingOptimizer`.
-    epsilon : float
-        Radius of the ball, > 0. Required. Per group.
+    epsilon : float or Tensor, shape-(N,)
+        Radius of the ball, > 0: one for all rows, or one per row (per datum
+        with the default ``param_ndim=-1``). Required. Per group.
+    bounds : (lower, upper), optional
+        A box containing 0 that the parameter must also stay in (numbers, or
+        tensors shaped like the parameter), e.g. ``(0 - x, 1 - x)`` for a
+        perturbation of a valid image ``x``. Per group.
     div_by_zero_eps : float, optional (default=float32 tiny)
         Lower bound on the gradient norm. Per group.
 
@@ -51,14 +61,13 @@ class L2ProjectedOptim(L2NormedGradientOptim):
     tensor([-0.7885,  0.1353], requires_grad=True)
     """
 
-    _options = _EPSILON
-
     def __init__(
         self,
         params: Params,
         InnerOpt: InnerOptimizer = SGD,
         *,
-        epsilon: float = REQUIRED,  # type: ignore[assignment]
+        epsilon: float | Tensor = REQUIRED,  # type: ignore[assignment]
+        bounds: tuple[float | Tensor, float | Tensor] | None = None,
         param_ndim: int | None = -1,
         grad_scale: float = 1.0,
         grad_bias: float = 0.0,
@@ -72,24 +81,30 @@ class L2ProjectedOptim(L2NormedGradientOptim):
             param_ndim=param_ndim,
             grad_scale=grad_scale,
             grad_bias=grad_bias,
-            defaults=opt.fill_defaults(defaults, epsilon=epsilon),
+            defaults=opt.fill_defaults(defaults, epsilon=epsilon, bounds=bounds),
             div_by_zero_eps=div_by_zero_eps,
             **inner_opt_kwargs,
         )
 
     def _post_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:
         F.project_l2_ball_(param, optim_group["epsilon"])
+        _clamp_to_box_(param, optim_group)  # moves entries toward 0: stays in the ball
 
 
-class LinfProjectedOptim(SignedGradientOptim):
+class LinfProjectedOptim(BallConstrained, SignedGradientOptim):
     """Signed gradient step, then clamping to the L∞ ε-ball ``[-ε, ε]`` (PGD-L∞).
 
     Parameters
     ----------
     params, InnerOpt, param_ndim, grad_scale, grad_bias, defaults, **inner_opt_kwargs
         See :class:`~rai_probe.optim.ParamTransformingOptimizer`.
-    epsilon : float
-        Radius of the ball, > 0. Required. Per group.
+    epsilon : float or Tensor, shape-(N,)
+        Radius of the ball, > 0: one for all rows, or one per row (per datum
+        with the default ``param_ndim=-1``). Required. Per group.
+    bounds : (lower, upper), optional
+        A box containing 0 that the parameter must also stay in (numbers, or
+        tensors shaped like the parameter), e.g. ``(0 - x, 1 - x)`` for a
+        perturbation of a valid image ``x``. Per group.
 
     Examples
     --------
@@ -103,14 +118,13 @@ class LinfProjectedOptim(SignedGradientOptim):
     tensor([-1.8000,  1.5000], requires_grad=True)
     """
 
-    _options = _EPSILON
-
     def __init__(
         self,
         params: Params,
         InnerOpt: InnerOptimizer = SGD,
         *,
-        epsilon: float = REQUIRED,  # type: ignore[assignment]
+        epsilon: float | Tensor = REQUIRED,  # type: ignore[assignment]
+        bounds: tuple[float | Tensor, float | Tensor] | None = None,
         param_ndim: int | None = -1,
         grad_scale: float = 1.0,
         grad_bias: float = 0.0,
@@ -123,15 +137,16 @@ class LinfProjectedOptim(SignedGradientOptim):
             param_ndim=param_ndim,
             grad_scale=grad_scale,
             grad_bias=grad_bias,
-            defaults=opt.fill_defaults(defaults, epsilon=epsilon),
+            defaults=opt.fill_defaults(defaults, epsilon=epsilon, bounds=bounds),
             **inner_opt_kwargs,
         )
 
     def _post_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:
         F.project_linf_ball_(param, optim_group["epsilon"])
+        _clamp_to_box_(param, optim_group)  # exact: the intersection is a box
 
 
-class L1ProjectedOptim(L1qNormedGradientOptim):
+class L1ProjectedOptim(BallConstrained, L1qNormedGradientOptim):
     """Sparse L1q gradient step, then exact projection onto the L1 ε-ball (SLIDE-style PGD-L1).
 
     The pre-step is that of :class:`L1qNormedGradientOptim` (the top
@@ -144,8 +159,14 @@ class L1ProjectedOptim(L1qNormedGradientOptim):
     ----------
     params, InnerOpt, param_ndim, grad_scale, grad_bias, defaults, **inner_opt_kwargs
         See :class:`~rai_probe.optim.ParamTransformingOptimizer`.
-    epsilon : float
-        Radius of the L1 ball, > 0. Required. Per group.
+    epsilon : float or Tensor, shape-(N,)
+        Radius of the L1 ball, > 0: one for all rows, or one per row (per datum
+        with the default ``param_ndim=-1``). Required. Per group.
+    bounds : (lower, upper), optional
+        A box containing 0 that the parameter must also stay in (numbers, or
+        tensors shaped like the parameter; the projection onto the ball
+        intersected with the box is exact), e.g. ``(0 - x, 1 - x)`` for a
+        perturbation of a valid image ``x``. Per group.
     q, dq, div_by_zero_eps, generator
         See :class:`L1qNormedGradientOptim`; ``q`` is required.
 
@@ -161,14 +182,13 @@ class L1ProjectedOptim(L1qNormedGradientOptim):
     tensor([ 0.3333,  0.3333, -0.3333], requires_grad=True)
     """
 
-    _options = _EPSILON
-
     def __init__(
         self,
         params: Params,
         InnerOpt: InnerOptimizer = SGD,
         *,
-        epsilon: float = REQUIRED,  # type: ignore[assignment]
+        epsilon: float | Tensor = REQUIRED,  # type: ignore[assignment]
+        bounds: tuple[float | Tensor, float | Tensor] | None = None,
         q: float = REQUIRED,  # type: ignore[assignment]
         dq: float = 0.0,
         param_ndim: int | None = -1,
@@ -187,11 +207,15 @@ class L1ProjectedOptim(L1qNormedGradientOptim):
             param_ndim=param_ndim,
             grad_scale=grad_scale,
             grad_bias=grad_bias,
-            defaults=opt.fill_defaults(defaults, epsilon=epsilon),
+            defaults=opt.fill_defaults(defaults, epsilon=epsilon, bounds=bounds),
             div_by_zero_eps=div_by_zero_eps,
             generator=generator,
             **inner_opt_kwargs,
         )
 
     def _post_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:
-        F.project_l1_ball_(param, optim_group["epsilon"])
+        if optim_group["bounds"] is None:
+            F.project_l1_ball_(param, optim_group["epsilon"])
+        else:
+            lower, upper = (bound_rows(b, param) for b in optim_group["bounds"])
+            F.project_l1_ball_box_(param, optim_group["epsilon"], lower, upper)

@@ -12,19 +12,11 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ..optim import L1FrankWolfe, L1ProjectedOptim, L1qFrankWolfe
-from ..optim import functional as F
-from ..optim.param_transforming import rows_shape
 from .models import AdditivePerturbation
 
 __all__ = ["AttackResult", "gradient_ascent", "random_restart", "frozen_eval"]
 
 log = logging.getLogger(__name__)
-
-#: Optimizers whose constraint set is an L1 ball: with a data range, their
-#: iterates are projected exactly onto the ball intersected with the box.
-_L1_BALL_OPTIMIZERS = (L1ProjectedOptim, L1FrankWolfe, L1qFrankWolfe)
-
 
 @dataclass
 class AttackResult:
@@ -177,33 +169,44 @@ def _rows(mask: Tensor, like: Tensor) -> Tensor:
 
 
 class _Box:
-    """Keeps ``data + delta`` of an additive per-datum perturbation inside ``[low, high]``."""
+    """Keeps ``data + delta`` of an additive per-datum perturbation inside ``[low, high]``.
 
-    def __init__(
-        self, delta: nn.Parameter, data: Tensor, low: float, high: float, optimizer: Optimizer
-    ) -> None:
+    An optimizer with a ``bounds`` option (the projected and Frank-Wolfe
+    families) gets the box ``[low - data, high - data]`` for the run and keeps
+    its iterates in ball ∩ box itself (exactly, up to rounding, which a final
+    clamp removes); any other optimizer's iterates are clamped into the box
+    after each step.
+    """
+
+    def __init__(self, delta: nn.Parameter, data: Tensor, low: float, high: float, optimizer: Optimizer):
         self.delta = delta
         self.lower = (low - data).to(delta.dtype)
         self.upper = (high - data).to(delta.dtype)
-        self.l1_group = None
-        if isinstance(optimizer, _L1_BALL_OPTIMIZERS):
-            self.l1_group = next(
-                (g for g in optimizer.param_groups if any(p is delta for p in g["params"])), None
-            )
+        self.group = None
+        if "bounds" in getattr(type(optimizer), "_all_options", {}):
+            groups = [g for g in optimizer.param_groups if any(p is delta for p in g["params"])]
+            if len(groups) == 1 and len(groups[0]["params"]) == 1:
+                self.group = groups[0]
+        self._previous = self.group["bounds"] if self.group is not None else None
+
+    def __enter__(self) -> "_Box":
+        if self.group is not None:
+            self.group["bounds"] = (self.lower, self.upper)
+        self.clamp_()  # the initial perturbation: moving entries toward 0 keeps it in any ball
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.group is not None:
+            self.group["bounds"] = self._previous
 
     @torch.no_grad()
-    def project_(self) -> None:
+    def clamp_(self) -> None:
         delta = self.delta.detach()
-        if self.l1_group is None:  # L2 / Linf balls: their projection, then this clamp, stays in the ball
-            torch.clamp(delta, self.lower, self.upper, out=delta)
-            return
-        shape = rows_shape(delta.shape, self.l1_group["param_ndim"])
-        F.project_l1_ball_box_(
-            delta.view(shape),
-            self.l1_group["epsilon"],
-            self.lower.reshape(shape),
-            self.upper.reshape(shape),
-        )
+        torch.clamp(delta, self.lower, self.upper, out=delta)
+
+    def after_step_(self) -> None:
+        # bounded optimizers are exact up to rounding; the clamp removes ulp-level excursions
+        self.clamp_()
 
 
 def _build(factory: Any, what: str, *args: Any, **kwargs: Any) -> Any:
@@ -273,12 +276,14 @@ def gradient_ascent(
     data_range : (float, float), optional
         Valid input range, e.g. ``(0, 1)``, so that every iterate is a valid
         input. An additive per-datum perturbation is kept in the box
-        ``[low - data, high - data]``: with an L1-ball optimizer
-        (``L1ProjectedOptim``, ``L1FrankWolfe``, ``L1qFrankWolfe``) by the
-        exact projection onto the ε-ball intersected with the box; with any
-        other optimizer by clamping after its step (after an L2 or L∞
-        projection this stays in the ball because the box contains 0; exact
-        for L∞). Any other perturbation model's output is clamped to the range.
+        ``[low - data, high - data]``. Optimizers with a ``bounds`` option get
+        that box for the run (restored afterwards): ``L1ProjectedOptim``
+        projects exactly onto the ε-ball ∩ box, the Frank-Wolfe family steps
+        toward the exact vertex of the ε-ball ∩ box, and ``L2ProjectedOptim``
+        / ``LinfProjectedOptim`` project onto the ball then clamp (exact for
+        L∞; for L2 it stays in the ball since the box contains 0). Any other
+        optimizer's iterates are clamped into the box after each step; any
+        other perturbation model's output is clamped to the range.
     early_stop : bool, optional (default=False)
         Freeze each datum once its goal is met (untargeted: misclassified;
         targeted: classified as ``target``, with at least ``confidence``), so
@@ -346,7 +351,6 @@ def gradient_ascent(
         and delta.shape == data.shape
     ):
         box = _Box(delta, data, *data_range, optim)
-        box.project_()
     clamp_output = data_range is not None and box is None
 
     trace: list[Tensor] = []
@@ -392,7 +396,7 @@ def gradient_ascent(
         return xadv, logits, losses
 
     freeze = frozen_eval(model) if isinstance(model, nn.Module) else nullcontext()
-    with freeze, torch.enable_grad():
+    with freeze, box if box is not None else nullcontext(), torch.enable_grad():
         for step in range(steps):
             _, _, losses = evaluate(step)
             frozen = success if early_stop else None
@@ -405,7 +409,7 @@ def gradient_ascent(
             optim.step()
             steps_run += 1
             if box is not None:
-                box.project_()
+                box.after_step_()
             if frozen is not None:
                 with torch.no_grad():
                     for param, before in zip(params, saved):
