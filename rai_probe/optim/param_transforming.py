@@ -385,7 +385,6 @@ class ParamTransformingOptimizer(Optimizer):
                 method(view.rows, optim_group=group)
                 view.write_back(method)
 
-    @torch.no_grad()
     def _apply_pre_step_transform_(self) -> None:
         """Apply ``_pre_step_transform_``, then ``grad_scale`` and ``grad_bias``, to every gradient."""
         if self._overrides("_pre_step_transform_"):
@@ -405,7 +404,6 @@ class ParamTransformingOptimizer(Optimizer):
                 if bias != 0:
                     param.grad.add_(bias)
 
-    @torch.no_grad()
     def _apply_post_step_transform_(self) -> None:
         """Apply ``_post_step_transform_`` to every parameter that has a gradient."""
         if self._overrides("_post_step_transform_"):
@@ -434,7 +432,8 @@ class ParamTransformingOptimizer(Optimizer):
         def transformed_closure() -> Any:
             with torch.enable_grad():
                 loss = closure()
-            self._apply_pre_step_transform_()
+            with torch.no_grad():  # the inner optimizer calls this with gradients enabled
+                self._apply_pre_step_transform_()
             return loss
 
         loss = self._inner_opt.step(transformed_closure)

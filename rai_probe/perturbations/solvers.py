@@ -130,10 +130,12 @@ def _check_inputs(data: Any, target: Any, steps: Any, data_range: Any, confidenc
         raise ValueError(f"`confidence` must be None or within [0, 1]; got confidence={confidence!r}")
 
 
-def _check_first_evaluation(
-    logits: Tensor, losses: Tensor, target: Tensor, n: int, needs_per_datum: str | None
-) -> bool:
-    """Validate what only the first forward pass reveals; return whether success is defined."""
+def _check_classes(logits: Tensor, target: Tensor, n: int) -> bool:
+    """Check class targets against the first logits (before any criterion sees them).
+
+    Returns whether the model is a classifier here (outputs ``(N, C)``,
+    integer targets ``(N,)``), i.e. whether success is defined.
+    """
     classifies = (
         logits.ndim == 2 and logits.shape[0] == n and target.ndim == 1 and not target.is_floating_point()
     )
@@ -144,12 +146,15 @@ def _check_first_evaluation(
                 f"`target` holds class indices outside [0, {classes - 1}], the range of the "
                 f"model's {classes} outputs"
             )
+    return classifies
+
+
+def _check_losses(losses: Tensor, n: int, needs_per_datum: str | None) -> None:
     if needs_per_datum is not None and tuple(losses.shape) != (n,):
         raise ValueError(
             f"`criterion` must return one loss per datum, shape ({n},), when {needs_per_datum}; "
             f"got shape {tuple(losses.shape)} (use reduction='none')"
         )
-    return classifies
 
 
 def _goal_met(logits: Tensor, target: Tensor, targeted: bool, confidence: float | None) -> Tensor:
@@ -168,6 +173,12 @@ def _rows(mask: Tensor, like: Tensor) -> Tensor:
     return mask.view(-1, *[1] * (like.ndim - 1))
 
 
+def _like(bound: Tensor | float, like: Tensor) -> Tensor:
+    """A box bound (number or tensor with ``like``'s elements) as a tensor broadcasting to ``like``."""
+    bound = torch.as_tensor(bound, dtype=like.dtype, device=like.device)
+    return bound.reshape(like.shape) if bound.numel() > 1 else bound.reshape(())
+
+
 class _Box:
     """Keeps ``data + delta`` of an additive per-datum perturbation inside ``[low, high]``.
 
@@ -180,14 +191,19 @@ class _Box:
 
     def __init__(self, delta: nn.Parameter, data: Tensor, low: float, high: float, optimizer: Optimizer):
         self.delta = delta
-        self.lower = (low - data).to(delta.dtype)
-        self.upper = (high - data).to(delta.dtype)
+        data = data.to(delta.dtype)  # integer images: no wrap-around in low - data
+        self.lower = low - data
+        self.upper = high - data
         self.group = None
         if "bounds" in getattr(type(optimizer), "_all_options", {}):
             groups = [g for g in optimizer.param_groups if any(p is delta for p in g["params"])]
             if len(groups) == 1 and len(groups[0]["params"]) == 1:
                 self.group = groups[0]
         self._previous = self.group["bounds"] if self.group is not None else None
+        if self._previous is not None:  # the optimizer's own box also holds: intersect
+            own_lower, own_upper = (_like(bound, self.lower) for bound in self._previous)
+            self.lower = torch.maximum(self.lower, own_lower)
+            self.upper = torch.minimum(self.upper, own_upper)
 
     def __enter__(self) -> "_Box":
         if self.group is not None:
@@ -366,9 +382,11 @@ def gradient_ascent(
         if clamp_output:
             xadv = xadv.clamp(*data_range)
         logits = model(xadv)
+        if step == 0:
+            has_success = _check_classes(logits, target, n)
         losses = criterion(logits, target)
         if step == 0:
-            has_success = _check_first_evaluation(logits, losses, target, n, needs_per_datum)
+            _check_losses(losses, n, needs_per_datum)
             if early_stop and not has_success:
                 raise ValueError(
                     "`early_stop=True` needs a classifier: model outputs of shape (N, C) and "
@@ -397,10 +415,12 @@ def gradient_ascent(
 
     freeze = frozen_eval(model) if isinstance(model, nn.Module) else nullcontext()
     with freeze, box if box is not None else nullcontext(), torch.enable_grad():
+        final = None
         for step in range(steps):
-            _, _, losses = evaluate(step)
+            xadv, logits, losses = evaluate(step)
             frozen = success if early_stop else None
             if frozen is not None and bool(frozen.all()):  # one host sync per step
+                final = (xadv, logits, losses)  # nothing moved since: no re-evaluation
                 break
             objective = reduction_fn(losses)
             optim.zero_grad(set_to_none=True)
@@ -417,8 +437,10 @@ def gradient_ascent(
             if progress and (step % report_every == 0 or step == steps - 1):
                 rate = f", success {success.float().mean().item():.3f}" if success is not None else ""
                 log.info("step %d/%d: loss %.4g%s", step + 1, steps, trace[-1].item(), rate)
-        with torch.no_grad():
-            xadv, logits, losses = evaluate(steps_run)
+        if final is None:
+            with torch.no_grad():
+                final = evaluate(steps_run)
+        xadv, logits, losses = final
 
     if use_best:
         xadv, losses, logits = best_x, best_losses, best_logits
