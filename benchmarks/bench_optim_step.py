@@ -16,7 +16,9 @@ leading slices is one row of ``n = C*H*W`` entries) and each sparsity ``q``
 Before every timed call the parameter and its gradient are reset with
 ``copy_`` from pristine copies, outside the timed region (the L1q transforms
 overwrite the gradient in place, and a second step on an already sparse
-gradient would be a different workload).
+gradient would be a different workload). The copy leaves the gradient in
+cache, as a just-finished backward pass would; the baselines likewise read
+their input once, untimed, before each call.
 
 Baselines, all on the same rows ``g.flatten(1)`` with the same
 ``k = round((1 - q) * n)`` the optimizers keep:
@@ -35,8 +37,8 @@ Baselines, all on the same rows ``g.flatten(1)`` with the same
 Method: ``time.perf_counter`` around each single call (with
 ``torch.cuda.synchronize()`` before and after on CUDA), ``--warmup`` untimed
 calls, then ``--repeats`` timed calls; all variants of one (shape, q) are
-timed round-robin within each repeat, so a burst of background load hits all
-of them alike. The table reports the median (and the minimum) over repeats;
+timed round-robin within each repeat (starting from a different variant each
+repeat), so a burst of background load hits all of them alike. The table reports the median (and the minimum) over repeats;
 ``ratio`` is median / median of the floor. The L1q optimizers meet the target
 when ``ratio <= --target`` (default 1.5).
 
@@ -56,6 +58,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import time
 from typing import Callable
 
@@ -78,6 +81,30 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def _machine_cores() -> int:
+    """CPU cores this process may run on (the affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _git_revision() -> str:
+    """Short commit of the checkout the benchmark runs from (with ``+dirty``), or ``unknown``."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=here, capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "rai_probe"],
+            cwd=here, capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev or "unknown") + ("+dirty" if dirty else "")
 
 
 def _busy_cpu_seconds() -> float | None:
@@ -114,11 +141,19 @@ def _cases(shape: tuple[int, ...], q: float, device: torch.device, gen: torch.Ge
     rows = g0.flatten(1)
     absg = rows.abs()
 
-    cases: list[tuple[str, Callable[[], None] | None, Callable[[], object]]] = [
-        (FLOOR, None, lambda: absg.topk(k, dim=1, sorted=False)),
-        ("topk(|g|) sorted", None, lambda: absg.topk(k, dim=1)),
-        ("abs+topk unsorted", None, lambda: rows.abs().topk(k, dim=1, sorted=False)),
-        ("abs+topk sorted", None, lambda: rows.abs().topk(k, dim=1)),
+    # Every reset leaves the case's input freshly touched (in cache), as the
+    # optimizers' grad.copy_ does, so no case pays cold misses the others don't.
+    def touch_absg() -> None:
+        absg.sum()
+
+    def touch_rows() -> None:
+        rows.sum()
+
+    cases: list[tuple[str, Callable[[], None], Callable[[], object]]] = [
+        (FLOOR, touch_absg, lambda: absg.topk(k, dim=1, sorted=False)),
+        ("topk(|g|) sorted", touch_absg, lambda: absg.topk(k, dim=1)),
+        ("abs+topk unsorted", touch_rows, lambda: rows.abs().topk(k, dim=1, sorted=False)),
+        ("abs+topk sorted", touch_rows, lambda: rows.abs().topk(k, dim=1)),
     ]
     for name, make in _optimizers(q).items():
         p0 = torch.zeros(shape, device=device)
@@ -135,13 +170,19 @@ def _cases(shape: tuple[int, ...], q: float, device: torch.device, gen: torch.Ge
     return k, n, cases
 
 
-def _time_round_robin(cases, device: torch.device, warmup: int, repeats: int) -> dict[str, list[float]]:
+def _time_round_robin(
+    cases, device: torch.device, warmup: int, repeats: int
+) -> dict[str, list[float]]:
+    """Milliseconds per call of every case; the cases take turns within each repeat.
+
+    ``reset`` runs untimed before each call (after a device sync on CUDA).
+    """
     cuda = device.type == "cuda"
     times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
     for it in range(warmup + repeats):
-        for name, reset, run in cases:
-            if reset is not None:
-                reset()
+        start = it % len(cases)  # rotate the order: no case is always first after a switch
+        for name, reset, run in cases[start:] + cases[:start]:
+            reset()
             if cuda:
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
@@ -162,7 +203,7 @@ def main() -> None:
     parser.add_argument("--q", type=float, default=0.99, help="main sparsity (0.9 is also run)")
     parser.add_argument("--target", type=float, default=1.5, help="target ratio for the L1q steps")
     parser.add_argument(
-        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)"
+        "--threads", type=int, default=_machine_cores(), help="torch threads (default: all cores)"
     )
     args = parser.parse_args()
 
@@ -174,18 +215,24 @@ def main() -> None:
 
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    print(f"torch {torch.__version__} | python {platform.python_version()} | device {device} ({dev_name})")
     print(
-        f"torch threads {torch.get_num_threads()} (os.cpu_count {os.cpu_count()}) | "
+        f"torch {torch.__version__} | python {platform.python_version()} | "
+        f"device {device} ({dev_name}) | rai_probe @ {_git_revision()}"
+    )
+    print(
+        f"torch threads {torch.get_num_threads()} (machine cores {_machine_cores()}) | "
         f"float32 | param_ndim=-1 | warmup {args.warmup} | repeats {args.repeats} | "
         f"load avg (1 min) at start {load1:.2f}"
     )
     if load1 > 0.5:
         print(
-            f"WARNING: load average {load1:.2f}: other processes compete for the cores; "
-            "medians will be inflated and noisy."
+            f"WARNING: load average {load1:.2f}: other processes may be competing for the "
+            "cores (see the footer); medians would then be inflated and noisy."
         )
-    print(f"ratio = median / median of '{FLOOR}' (absg.topk(k, dim=1, sorted=False) on precomputed |g|)")
+    print(
+        f"ratio = median / median of '{FLOOR}' "
+        "(absg.topk(k, dim=1, sorted=False) on a precomputed absg = |g|)"
+    )
     print()
 
     header = (
@@ -227,9 +274,9 @@ def main() -> None:
         wall = time.perf_counter() - started
         others = max(0.0, (busy1 - busy0) - (own1 - own0))
         print(
-            f"CPU time used by OTHER processes during the run: {others:.1f} core-s "
-            f"({100 * others / (wall * (os.cpu_count() or 1)):.0f}% of the machine); "
-            "figures are trustworthy only when this is near 0"
+            "CPU time used by OTHER processes (or stolen by the hypervisor) during the run: "
+            f"{others:.1f} core-s ({100 * others / (wall * (os.cpu_count() or 1)):.0f}% of the "
+            "machine); figures are trustworthy only when this is near 0"
         )
 
 
