@@ -229,13 +229,20 @@ def row_norms(x: Tensor, p: float) -> Tensor:
     """
     _check_rows(x)
     flat, dtype = x.reshape(x.shape[0], -1), _compute_dtype(x)
-    if p in (0, 1) or math.isinf(p):  # no powers of entries: exact range as is
+    if flat.shape[1] == 0:  # empty rows have norm 0 (amax would refuse them)
+        return flat.new_zeros(flat.shape[0], dtype=dtype)
+    # abs().sum / abs().amax: same values as vector_norm(ord=1 / inf), several times faster on CPU
+    if p == 1:
+        return flat.abs().sum(dim=1, dtype=dtype)
+    if math.isinf(p) and p > 0:
+        return flat.abs().amax(dim=1).to(dtype)
+    if p == 0 or math.isinf(p):  # no powers of entries: exact range as is
         return torch.linalg.vector_norm(flat, ord=p, dim=1, dtype=dtype)
     # Squares of float32 entries below ~1e-19 underflow and above ~1e19 overflow
     # (saturated-softmax gradients reach 1e-23), so scale each row by the power of
     # two that brings its largest entry into [0.5, 1): exact, and bit-identical to
     # the plain norm wherever that one is representable.
-    largest = torch.linalg.vector_norm(flat, ord=math.inf, dim=1, keepdim=True, dtype=dtype)
+    largest = flat.abs().amax(dim=1, keepdim=True).to(dtype)
     exponent = torch.frexp(largest).exponent.clamp_(*_exponent_range(dtype))
     scaled = flat.to(dtype) * torch.pow(2.0, -exponent.to(dtype))
     norms = torch.linalg.vector_norm(scaled, ord=p, dim=1)
