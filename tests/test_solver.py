@@ -410,7 +410,9 @@ def _check_iterates(inputs, data, norm: str, epsilon, low: float = 0.0, high: fl
         )
 
 
-BALL_OPTIMIZERS = ["L1qFrankWolfe", "L1FrankWolfe", "L1ProjectedOptim", "L2ProjectedOptim", "LinfProjectedOptim"]
+BALL_OPTIMIZERS = [
+    "L1qFrankWolfe", "L1FrankWolfe", "L1ProjectedOptim", "L2ProjectedOptim", "LinfProjectedOptim",
+]
 
 
 @given(
@@ -600,7 +602,10 @@ def test_l1_box_projection_matches_brute_force(seed, rows, size, scale, radius, 
     else:
         epsilon = radius * scale * size / 4
     v, lower, upper = v.to(dtype), lower.to(dtype), upper.to(dtype)
-    eps_t = epsilon if isinstance(epsilon, torch.Tensor) else torch.full((rows,), epsilon, dtype=torch.float64)
+    if isinstance(epsilon, torch.Tensor):
+        eps_t = epsilon
+    else:
+        eps_t = torch.full((rows,), epsilon, dtype=torch.float64)
 
     y = F.project_l1_ball_box_(v.clone(), epsilon, lower, upper)
     expected = _brute_l1_box(v, eps_t, lower, upper)
