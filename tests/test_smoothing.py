@@ -12,8 +12,10 @@ adaptation and termination, non-finite samples, reproducibility and
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import threading
 from functools import partial
 
 import pytest
@@ -29,6 +31,7 @@ from rai_probe.optim import (
     LaplacianSmoothing,
 )
 from rai_probe.optim import functional as F
+from rai_probe.optim import smoothing
 from rai_probe.optim.smoothing import laplacian_eigenvalues, laplacian_smooth, laplacian_smooth_
 
 # --------------------------------------------------------------------------- #
@@ -196,6 +199,260 @@ def test_laplacian_smooth_rejects_bad_tensors():
         laplacian_smooth(torch.ones(1, 4, dtype=torch.int64), 1.0)
     with pytest.raises(ValueError, match="row dimension"):
         laplacian_smooth(torch.tensor(1.0), 1.0)
+
+
+# --------------------------------------------------------------------------- #
+# laplacian_smooth: the two exact solvers (FFT and direct convolution)
+# --------------------------------------------------------------------------- #
+@contextlib.contextmanager
+def solver(path):
+    """Force the smoothing solver (``"fft"`` or ``"direct"``) within the block."""
+    saved = smoothing._FORCE_PATH
+    smoothing._FORCE_PATH = path
+    try:
+        yield
+    finally:
+        smoothing._FORCE_PATH = saved
+
+
+def smooth_with(path, g, sigma):
+    with solver(path):
+        return laplacian_smooth(g, sigma)
+
+
+def line_green(sigma):
+    """``(r, C)`` of the Green's function ``C·r^|j|`` of ``I - σL`` on the infinite line."""
+    log_r, log_c = smoothing._green_decay(sigma)
+    return math.exp(log_r), math.exp(log_c)
+
+
+@pytest.mark.parametrize("sigma", [1e-3, 0.5, 1.0, 10.0, 100.0, 1e4])
+def test_green_function_roots(sigma):
+    """r is the root in (0, 1) of σr² - (1 + 2σ)r + σ = 0 and C = 1/((1 + 2σ) - 2σr)."""
+    r, c = line_green(sigma)
+    assert 0 < r < 1
+    assert abs(sigma * r * r - (1 + 2 * sigma) * r + sigma) <= 1e-14 * (1 + 2 * sigma)
+    assert c == pytest.approx(1 / ((1 + 2 * sigma) - 2 * sigma * r), rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64])
+@pytest.mark.parametrize("sigma", [1e-3, 0.5, 1.0, 10.0, 100.0])
+def test_green_function_of_the_ring_is_the_dense_inverse(n, sigma):
+    """(I - σL)⁻¹ on a ring of n is circulant with G_k = C (r^k + r^(n-k)) / (1 - r^n)."""
+    r, c = line_green(sigma)
+    k = torch.arange(n, dtype=torch.float64)
+    green = c * (r**k + r ** (n - k)) / (1 - r**n)
+    inverse = dense_solve(torch.eye(n, dtype=torch.float64), sigma)  # rows: columns of the inverse
+    i = torch.arange(n)
+    circulant = green[(i.view(-1, 1) - i.view(1, -1)) % n]
+    torch.testing.assert_close(inverse, circulant, rtol=0, atol=1e-13 * (1 + 4 * sigma))
+    # ... which is the line's Green's function C·r^|j| summed over j ≡ k (mod n): the direct path
+    # convolves the periodic extension of each ring with the line's kernel
+    j = torch.arange(-400 * n - 3000, 400 * n + 3001, dtype=torch.float64)
+    periodized = torch.zeros(n, dtype=torch.float64).index_add_(
+        0, (j.long() % n), c * r ** j.abs()
+    )
+    torch.testing.assert_close(periodized, green, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sigma", [1e-30, 0.5, 1.0, 100.0, 1e4])
+def test_direct_weights(sigma, dtype):
+    G, a, b, rho, J = smoothing._direct_weights(sigma, dtype, torch.device("cpu"))
+    B = len(a)
+    r, c = line_green(sigma)
+    i = torch.arange(B, dtype=torch.float64)
+    assert G.dtype == a.dtype == b.dtype == dtype and G.shape == (B, B)
+    close = partial(torch.testing.assert_close, rtol=1e-6, atol=torch.finfo(dtype).tiny)  # underflow
+    close(G.double(), c * r ** (i.view(-1, 1) - i).abs())
+    close(a.double(), r ** (i + 1))
+    close(b.double(), r ** (B - i))
+    assert rho == pytest.approx(r**B, rel=1e-12)
+    assert J * B >= smoothing._truncation_radius(sigma, dtype) and J >= 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sigma", [1e-30, 1e-3, 0.5, 1.0, 10.0, 100.0, 1e4])
+def test_truncation_radius_is_the_smallest_below_the_tolerance(sigma, dtype):
+    """The dropped tail 2C r^(K+1)/(1 - r) is below eps/128 at K, and not at K - 1."""
+    r, c = line_green(sigma)
+    K = smoothing._truncation_radius(sigma, dtype)
+    tol = torch.finfo(dtype).eps / 128
+
+    def tail(k):
+        return 2 * c * r ** (k + 1) / (1 - r)
+
+    assert tail(K) <= tol * (1 + 1e-9)
+    assert K == 0 or tail(K - 1) > tol * (1 - 1e-9)
+
+
+def test_truncation_radius_grows_like_sqrt_sigma():
+    radii = [smoothing._truncation_radius(s, torch.float32) for s in [0.0, 1e-300, 1.0, 100.0, 1e4]]
+    assert radii[:2] == [0, 0]
+    assert radii == sorted(radii)
+    assert 9 < radii[4] / radii[3] < 11.5  # log r ~ -1/sqrt(sigma) for large sigma: K ~ sqrt(sigma)
+
+
+@given(
+    n=st.integers(2, 300),
+    rows=st.integers(1, 3),
+    sigma=st.one_of(st.floats(0.0, 300.0), st.sampled_from([1e-12, 0.5, 1.0, 10.0])),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**31),
+)
+def test_direct_and_fft_paths_match_dense_solve(n, rows, sigma, dtype, seed):
+    """Both solvers are exact to rounding: a few eps of max|g| from the dense solution."""
+    g = torch.randn(rows, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    g = g.to(dtype)
+    scale = float(g.abs().max())
+    eps = torch.finfo(dtype).eps
+    exact = dense_solve(g, sigma)  # of the rounded input; the solve's own error is ~(1 + 4σ) eps64
+    tol = (8 * eps + 4 * (1 + 4 * sigma) * torch.finfo(torch.float64).eps) * scale
+    direct, fft = smooth_with("direct", g, sigma), smooth_with("fft", g, sigma)
+    assert direct.dtype == fft.dtype == dtype
+    torch.testing.assert_close(direct.double(), exact, rtol=0, atol=tol)
+    torch.testing.assert_close(fft.double(), exact, rtol=0, atol=tol)
+    torch.testing.assert_close(direct.double(), fft.double(), rtol=0, atol=8 * eps * scale)
+
+
+@pytest.mark.parametrize("n", [4096, 20_011, 2**15 + 5])  # whole blocks, a prime, a partial block
+@pytest.mark.parametrize("sigma", [0.5, 10.0, 200.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_direct_path_on_long_rings_equals_fft(n, sigma, dtype):
+    g = torch.randn(2, n, generator=torch.Generator().manual_seed(n), dtype=dtype)
+    reference = smooth_with("fft", g.double(), sigma)  # float64 FFT of the same input
+    scale, eps = float(g.abs().max()), torch.finfo(dtype).eps
+    for path in ["direct", "fft"]:
+        for rows in [g, g[:1]]:  # batched, and a single ring (written in place)
+            out = smooth_with(path, rows, sigma)
+            torch.testing.assert_close(
+                out.double(), reference[: len(rows)], rtol=0, atol=8 * eps * scale
+            )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n", [1, 2, 5, 300, 1000])
+def test_direct_path_half_precision_is_solved_in_float32(dtype, n, device):
+    g = torch.randn(3, n, generator=torch.Generator().manual_seed(7)).to(device=device, dtype=dtype)
+    with solver("direct"):
+        expected = laplacian_smooth(g.float(), 2.0).to(dtype)
+        out = laplacian_smooth_(g.clone(), 2.0)
+    assert out.dtype == dtype
+    assert torch.equal(out, expected)
+    fft = smooth_with("fft", g, 2.0)  # within one rounding of the half type
+    torch.testing.assert_close(out.float(), fft.float(), rtol=0, atol=torch.finfo(dtype).eps * 4)
+
+
+@pytest.mark.parametrize("path", ["fft", "direct"])
+def test_paths_on_rings_of_one_and_two(path, device):
+    with solver(path):
+        g = torch.tensor([[2.5], [-1.0]], device=device)
+        assert torch.equal(laplacian_smooth(g, 3.0), g)
+        g = torch.tensor([[3.0, -1.0], [0.0, 2.0]], dtype=torch.float64)
+        out = laplacian_smooth(g.to(device), 0.75).cpu()
+        torch.testing.assert_close(out, dense_solve(g, 0.75))
+
+
+def test_direct_path_non_contiguous_and_sigma_changes():
+    base = torch.randn(500, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    x = base.t()  # (3, 500), not contiguous
+    with solver("direct"):
+        expected = laplacian_smooth(x.contiguous(), 0.7)
+        assert laplacian_smooth_(x, 0.7) is x
+        torch.testing.assert_close(x, expected, rtol=0, atol=1e-15)
+        g = base[:, 0].reshape(1, -1).contiguous()
+        for sigma in [1.0, 30.0, 0.0, 1.0, 0.01]:  # the cached block weights are keyed by sigma
+            torch.testing.assert_close(
+                laplacian_smooth(g, sigma), dense_solve(g, sigma), rtol=0, atol=1e-13
+            )
+
+
+def test_direct_path_scratch_buffers_are_per_thread():
+    """Threads smoothing at once do not share the direct path's scratch buffers."""
+    rings = [torch.randn(1, 5000 + 7 * k, generator=torch.Generator().manual_seed(k)) for k in range(4)]
+    expected = [smooth_with("fft", g.double(), 1.0) for g in rings]
+    errors = []
+
+    def work(k):
+        for _ in range(20):
+            out = laplacian_smooth(rings[k], 1.0)  # single float32 rings, written in place
+            if not torch.allclose(out.double(), expected[k], rtol=0, atol=1e-6):
+                errors.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    with solver("direct"):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors
+
+
+@pytest.mark.parametrize("path", ["fft", "direct"])
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_non_finite_entry_makes_its_whole_row_non_finite(path, bad):
+    g = torch.randn(3, 640, generator=torch.Generator().manual_seed(9))
+    g[1, 17] = bad
+    with solver(path):
+        out = laplacian_smooth(g, 1.0)
+    assert out[1].isnan().all()
+    torch.testing.assert_close(out[[0, 2]], smooth_with("fft", g[[0, 2]], 1.0))
+
+
+def test_path_selection():
+    cpu, f32, f64 = torch.device("cpu"), torch.float32, torch.float64
+    choose = smoothing._choose_path
+    for n in [10**4, 10**6, 10**7, 1_000_003]:
+        for sigma in [0.5, 1.0, 10.0]:
+            assert choose(1, n, sigma, f32, cpu) == "direct"
+    assert choose(128, 3072, 1.0, f32, cpu) == "direct"
+    assert choose(1, 10**6, 1e3, f64, cpu) == "direct"
+    # the FFT: wide kernels (2J carry updates, J ~ sqrt(sigma)), short rings, other devices
+    assert choose(1, 10**6, 1e7, f32, cpu) == "fft"  # K ~ 66000
+    assert choose(1, 10**4, 1e3, f32, cpu) == "fft"
+    assert choose(128, 3072, 1e4, f32, cpu) == "fft"  # a batch of short rings: the FFT is fast
+    assert choose(1, 16, 1.0, f32, cpu) == "fft"  # short ring
+    assert choose(1, 10**6, 1.0, f32, torch.device("cuda")) == "fft"  # calibrated on CPU only
+    # monotone in sigma; a length with a large prime factor keeps the direct path longer
+    sigmas = [10.0**e for e in range(-3, 10)]
+    for n, dtype in [(2**20, f32), (2**20, f64), (10**4, f32)]:
+        paths = [choose(1, n, s, dtype, cpu) for s in sigmas]
+        assert paths == sorted(paths, key=lambda p: p == "fft")
+        assert paths[0] == "direct" and paths[-1] == "fft"
+    power = [choose(1, 2**20, s, f32, cpu) for s in sigmas]
+    prime = [choose(1, 1_000_003, s, f32, cpu) for s in sigmas]
+    assert prime.count("direct") > power.count("direct")
+
+
+def test_path_selection_respects_reduced_precision_products(monkeypatch):
+    cpu = torch.device("cpu")
+    assert smoothing._float32_products_are_exact()  # the default settings
+    monkeypatch.setattr(smoothing, "_float32_products_are_exact", lambda: False)
+    assert smoothing._choose_path(1, 10**6, 1.0, torch.float32, cpu) == "fft"
+    assert smoothing._choose_path(1, 10**6, 1.0, torch.float64, cpu) == "direct"
+
+
+def test_automatic_path_is_used(monkeypatch):
+    g = torch.randn(1, 50_000, generator=torch.Generator().manual_seed(10))
+    reference = smooth_with("fft", g.double(), 1.0)
+
+    def refuse(*args):
+        raise AssertionError("wrong path")
+
+    with monkeypatch.context() as patch:  # a long ring, sigma = 1: direct
+        patch.setattr(smoothing, "_smooth_rows_fft_", refuse)
+        out = laplacian_smooth(g, 1.0)
+        torch.testing.assert_close(out.double(), reference, rtol=0, atol=1e-6)
+        assert torch.equal(laplacian_smooth(g, 0.0), g)  # sigma = 0: the identity, no solve
+        x = torch.zeros(50_000, requires_grad=True)  # the optimizer, one ring per tensor
+        optim = LaplacianSmoothing([x], sigma=1.0, lr=1.0, param_ndim=None)
+        x.grad = g[0].clone()
+        optim.step()
+        torch.testing.assert_close(x.grad.double(), reference[0], rtol=0, atol=1e-6)
+    with monkeypatch.context() as patch:  # a short ring, or a wide kernel: FFT
+        patch.setattr(smoothing, "_smooth_rows_direct_", refuse)
+        laplacian_smooth(g[:, :40], 1.0)
+        laplacian_smooth(g, 1e7)
 
 
 # --------------------------------------------------------------------------- #
