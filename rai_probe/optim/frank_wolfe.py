@@ -212,8 +212,7 @@ class _FrankWolfeFamily(BallConstrained):
         if box is None:
             self._unit_lmo_(param.grad, optim_group)
             if isinstance(epsilon, Tensor):
-                radius = epsilon.to(device=param.device, dtype=param.dtype)
-                param.grad.mul_(radius.view(-1, *[1] * (param.ndim - 1)))
+                param.grad.mul_(F._radius(epsilon, param.grad))
             return
         lower, upper = (bound_rows(b, param) for b in box)
         vertex = F.fw_vertex_box_(

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..optim.constraints import bound_rows
 from .models import AdditivePerturbation
 
 __all__ = ["AttackResult", "gradient_ascent", "random_restart", "frozen_eval"]
@@ -173,12 +174,6 @@ def _rows(mask: Tensor, like: Tensor) -> Tensor:
     return mask.view(-1, *[1] * (like.ndim - 1))
 
 
-def _like(bound: Tensor | float, like: Tensor) -> Tensor:
-    """A box bound (number or tensor with ``like``'s elements) as a tensor broadcasting to ``like``."""
-    bound = torch.as_tensor(bound, dtype=like.dtype, device=like.device)
-    return bound.reshape(like.shape) if bound.numel() > 1 else bound.reshape(())
-
-
 class _Box:
     """Keeps ``data + delta`` of an additive per-datum perturbation inside ``[low, high]``.
 
@@ -201,7 +196,7 @@ class _Box:
                 self.group = groups[0]
         self._previous = self.group["bounds"] if self.group is not None else None
         if self._previous is not None:  # the optimizer's own box also holds: intersect
-            own_lower, own_upper = (_like(bound, self.lower) for bound in self._previous)
+            own_lower, own_upper = (bound_rows(bound, self.lower) for bound in self._previous)
             self.lower = torch.maximum(self.lower, own_lower)
             self.upper = torch.minimum(self.upper, own_upper)
 
