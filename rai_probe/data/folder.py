@@ -1,0 +1,267 @@
+"""Images from a folder on the user's disk, decoded with Pillow.
+
+Two layouts are recognized:
+
+* **class folders** -- ``root/<class name>/<image>``: labeled, the classes are
+  the subfolder names in sorted order (label ``i`` is the ``i``-th name), and
+  images may sit in nested folders below their class folder;
+* **flat** -- ``root/<image>``: unlabeled (``labels`` is ``None``, no class
+  names), for probing a model on arbitrary pictures.
+
+Files and folders whose names start with ``.`` are skipped, as are files
+whose extension is not in ``extensions``. Images are read in sorted path
+order.
+
+Examples
+--------
+>>> import tempfile
+>>> from pathlib import Path
+>>> from PIL import Image
+>>> from rai_probe.data import load_image_folder
+>>> root = Path(tempfile.mkdtemp())
+>>> for cls, value in (("cat", 0), ("dog", 255)):
+...     (root / cls).mkdir()
+...     Image.new("L", (4, 3), value).save(root / cls / "0.png")
+>>> ds = load_image_folder(root)
+>>> ds.class_names, ds.labels, ds.images.shape, ds.images.amax(dim=(1, 2, 3))
+(('cat', 'dog'), tensor([0, 1]), torch.Size([2, 1, 3, 4]), tensor([0., 1.]))
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .datasets import DataFormatError, ImageDataset
+
+__all__ = ["load_image_folder", "IMAGE_EXTENSIONS", "IMAGE_MODES"]
+
+#: File extensions read by default (compared case-insensitively).
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+    ".ppm", ".pgm", ".pbm", ".pnm",
+)  # fmt: skip
+
+#: Values of ``mode``.
+IMAGE_MODES = ("auto", "L", "RGB")
+
+#: Pillow modes counted as grayscale by ``mode="auto"``.
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+#: Pillow modes holding more than 8 bits per pixel, scaled by their full range.
+_DEEP_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
+_LAYOUTS = "root/<class>/<image> (one subfolder per class) or a flat folder of images"
+
+
+def load_image_folder(
+    root: str | os.PathLike,
+    *,
+    size: int | tuple[int, int] | None = None,
+    mode: str = "auto",
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+) -> ImageDataset:
+    """The images of a folder: one subfolder per class (labeled) or flat (unlabeled).
+
+    Parameters
+    ----------
+    root : path
+        The folder; see the module docstring for the two layouts.
+    size : None, int or (int, int)
+        ``None``: every image must already have the same size. An ``int``
+        ``s`` or a pair ``(H, W)``: every image is resized to ``s x s`` or
+        ``H x W`` with Pillow's bilinear filter (antialiased when shrinking).
+    mode : {"auto", "L", "RGB"}
+        ``"L"``: one channel (color images converted with Pillow's luma
+        formula); ``"RGB"``: three channels (grayscale replicated, alpha
+        dropped); ``"auto"``: ``"L"`` if every image is grayscale (Pillow
+        modes ``1``, ``L``, ``LA``, ``I``, ``I;16``, ``F``), else ``"RGB"``.
+    extensions : sequence of str
+        The file extensions to read, case-insensitive, with or without the dot.
+
+    Returns
+    -------
+    ImageDataset
+        ``float32`` images in ``[0, 1]`` (8-bit pixels / 255, 16-bit / 65535),
+        name ``"folder"``, split ``None``; labels and class names for the
+        class-folder layout, ``None`` and ``()`` for a flat folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        `root` is not a folder.
+    DataFormatError
+        No images in `root`; a class folder without images; images both
+        directly in `root` and in subfolders; a file Pillow cannot decode;
+        a floating-point image with values outside ``[0, 1]``.
+    ValueError
+        Images of different sizes with ``size=None`` (the error names the
+        first one that differs); a bad `size`, `mode` or `extensions`.
+
+    Examples
+    --------
+    A flat folder of RGB images, resized:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> root = Path(tempfile.mkdtemp())
+    >>> Image.new("RGB", (8, 8), (255, 0, 0)).save(root / "red.png")
+    >>> Image.new("RGB", (4, 6), (0, 0, 255)).save(root / "blue.png")
+    >>> ds = load_image_folder(root, size=2)
+    >>> ds.labeled, ds.images.shape, ds.images[:, :, 0, 0]   # blue.png sorts first
+    (False, torch.Size([2, 3, 2, 2]), tensor([[0., 0., 1.], [1., 0., 0.]]))
+    """
+    target = _checked_size(size)
+    if mode not in IMAGE_MODES:
+        raise ValueError(f"`mode` must be one of {IMAGE_MODES}; got {mode!r}")
+    suffixes = _checked_extensions(extensions)
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder; expected {_LAYOUTS}")
+    files, labels, class_names = _list_images(folder, suffixes)
+    decoded = [_decode(path, mode, target) for path in files]
+    if target is None:
+        first = decoded[0].shape[:2]
+        for path, array in zip(files, decoded):
+            if array.shape[:2] != first:
+                raise ValueError(
+                    f"{path} is {array.shape[0]}x{array.shape[1]} (H x W) but {files[0]} is "
+                    f"{first[0]}x{first[1]}; all images of {folder} must share one size, "
+                    f"or pass size=(H, W) to resize them, e.g. size={tuple(first)}"
+                )
+    gray = mode == "L" or (mode == "auto" and all(array.ndim == 2 for array in decoded))
+    if gray:
+        stacked = np.stack(decoded)[:, None]
+    else:
+        stacked = np.stack([_as_rgb(array) for array in decoded]).transpose(0, 3, 1, 2)
+    return ImageDataset(
+        images=torch.from_numpy(np.ascontiguousarray(stacked)),
+        labels=None if labels is None else torch.tensor(labels, dtype=torch.int64),
+        class_names=class_names,
+        name="folder",
+        split=None,
+    )
+
+
+def _checked_size(size: object) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, numbers.Integral) else size
+    if (
+        not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in pair)
+    ):
+        raise TypeError(f"`size` must be None, an int or a pair of ints (H, W); got {size!r}")
+    if min(pair) < 1:
+        raise ValueError(f"`size` must be positive; got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _checked_extensions(extensions: object) -> tuple[str, ...]:
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    if not isinstance(extensions, Sequence) or not extensions or not all(
+        isinstance(e, str) and e.strip(".") for e in extensions
+    ):
+        raise ValueError(
+            f"`extensions` must be a non-empty sequence of file extensions such as "
+            f"('.png', '.jpg'); got {extensions!r}"
+        )
+    return tuple("." + e.lower().lstrip(".") for e in extensions)
+
+
+def _is_image(path: Path, suffixes: tuple[str, ...]) -> bool:
+    return path.is_file() and path.suffix.lower() in suffixes and not path.name.startswith(".")
+
+
+def _list_images(
+    folder: Path, suffixes: tuple[str, ...]
+) -> tuple[list[Path], list[int] | None, tuple[str, ...]]:
+    """``(files, labels or None, class names)`` of the folder's layout."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    top = [p for p in entries if _is_image(p, suffixes)]
+    per_class = {}
+    for sub in (p for p in entries if p.is_dir()):
+        per_class[sub.name] = sorted(
+            p
+            for p in sub.rglob("*")
+            if _is_image(p, suffixes)
+            and not any(part.startswith(".") for part in p.relative_to(sub).parts)
+        )
+    with_images = [name for name, found in per_class.items() if found]
+    wanted = f"files ending in {', '.join(suffixes)}"
+    if top and with_images:
+        raise DataFormatError(
+            f"{folder}: holds images both directly ({top[0].name}, ...) and in subfolders "
+            f"({with_images[0]}/, ...); expected {_LAYOUTS}, not both"
+        )
+    if top:
+        return top, None, ()
+    if not with_images:
+        raise DataFormatError(f"{folder}: no images ({wanted}); expected {_LAYOUTS}")
+    empty = [name for name, found in per_class.items() if not found]
+    if empty:
+        raise DataFormatError(
+            f"{folder / empty[0]}: class folder without images ({wanted}); expected "
+            f"{_LAYOUTS}, with at least one image per class"
+        )
+    class_names = tuple(per_class)  # sorted, as `entries` is
+    files = [path for name in class_names for path in per_class[name]]
+    labels = [label for label, name in enumerate(class_names) for _ in per_class[name]]
+    return files, labels, class_names
+
+
+def _decode(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """``float32`` pixels in ``[0, 1]``: ``(H, W)`` for grayscale, ``(H, W, 3)`` for color."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _pixels(image, path, mode, size)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, (DataFormatError, FileNotFoundError)):
+            raise
+        raise DataFormatError(
+            f"{path}: could not be decoded as an image ({err}); expected an image file "
+            "that Pillow reads (PNG, JPEG, BMP, GIF, TIFF, WebP, PPM, ...)"
+        ) from None
+
+
+def _pixels(image, path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    from PIL import Image
+
+    resample = Image.Resampling.BILINEAR
+    if image.mode in _GRAY_MODES and image.mode not in ("1", "L", "LA", "La"):
+        array = np.asarray(image, dtype=np.float32)  # 16-bit / 32-bit integer or float
+        if image.mode in _DEEP_MODES:
+            scale = 65535.0
+        else:
+            scale = 1.0
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if not (0.0 <= low and high <= scale):
+            raise DataFormatError(
+                f"{path}: {image.mode}-mode pixels in [{low:g}, {high:g}]; expected "
+                f"values in [0, {scale:g}] for this mode"
+            )
+        array = array / scale
+        if size is not None:
+            resized = Image.fromarray(array, mode="F").resize((size[1], size[0]), resample)
+            array = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+        return array
+    if mode == "L" or image.mode in _GRAY_MODES:
+        image = image.convert("L")
+    else:
+        image = image.convert("RGB")
+    if size is not None:
+        image = image.resize((size[1], size[0]), resample)
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def _as_rgb(array: np.ndarray) -> np.ndarray:
+    return np.repeat(array[:, :, None], 3, axis=2) if array.ndim == 2 else array
