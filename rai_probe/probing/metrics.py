@@ -1,0 +1,469 @@
+"""Per-image and summary metrics of a probe job: accuracy, success, sparsity, confidence.
+
+Everything here is pure tensor code over a batch: :func:`per_image_metrics`
+turns an attack's inputs and outputs into one ``(N,)`` tensor per quantity,
+and :func:`summarize` reduces those to the JSON-ready numbers of
+``metrics.json``.
+
+Conventions
+-----------
+* A **pixel** changed when any of its channels changed by more than ``atol``
+  (``|delta| > atol``); ``l0_pixels`` counts such pixels, ``l0_fraction``
+  divides by ``H * W`` and ``l0_elements`` counts changed entries over all
+  channels. ``atol`` only affects these counts: ``l1``, ``l2`` and ``linf``
+  are the exact norms of the whole perturbation, computed in float64.
+* Unknown labels (noise or gray seeds in probe mode) are ``-1``; an
+  untargeted image has target ``-1``. Probabilities of an unknown class are
+  NaN per image and ``None`` in a summary.
+* ``steps_to_success`` is the solver's ``first_success_step`` (0: the start
+  already met the goal) for the images whose final ``xadv`` succeeds, and
+  ``-1`` for the others.
+* A **median** is the middle value of the sorted values, and the average of
+  the two middle values when their number is even (NumPy's convention; not
+  :func:`torch.median`, which returns the lower of the two).
+
+Examples
+--------
+>>> import torch
+>>> from rai_probe.probing.metrics import per_image_metrics, summarize
+>>> images = torch.zeros(2, 1, 2, 2)
+>>> xadv = images.clone(); xadv[0, 0, 0, 0] = 0.5
+>>> logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+>>> per_image = per_image_metrics(
+...     images, xadv, clean_logits=logits, adv_logits=logits.flip(1),
+...     labels=torch.tensor([0, 1]), success=torch.tensor([True, True]),
+...     first_success_step=torch.tensor([3, 5]))
+>>> per_image["l0_pixels"].tolist(), per_image["adv_pred"].tolist()
+([1, 0], [1, 0])
+>>> summary = summarize(per_image)
+>>> summary["clean_accuracy"], summary["attack_success_rate"], summary["steps_to_success"]
+(1.0, 1.0, {'mean': 4.0, 'median': 4.0})
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "NORM_KEYS",
+    "PER_IMAGE_KEYS",
+    "changed_pixels",
+    "perturbation_norms",
+    "per_image_metrics",
+    "median",
+    "summarize",
+]
+
+#: Keys of :func:`perturbation_norms`, in the order the CSV uses.
+NORM_KEYS = ("l0_pixels", "l0_fraction", "l0_elements", "l1", "l2", "linf")
+
+#: Keys of :func:`per_image_metrics`, in the order the CSV uses.
+PER_IMAGE_KEYS = (
+    "index",
+    "label",
+    "target",
+    "clean_pred",
+    "clean_conf",
+    "adv_pred",
+    "adv_conf",
+    "label_conf_before",
+    "label_conf_after",
+    "target_conf_before",
+    "target_conf_after",
+    "success",
+    "steps_to_success",
+) + NORM_KEYS
+
+
+# --------------------------------------------------------------------------- #
+# validation
+# --------------------------------------------------------------------------- #
+def _check_images(name: str, x: Any) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor; got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(
+            f"`{name}` must be a batch of images of shape (N, C, H, W); got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor; got dtype {x.dtype}")
+    return x
+
+
+def _check_atol(atol: Any) -> float:
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not 0 <= atol < math.inf:
+        raise ValueError(f"`atol` must be a finite number >= 0; got atol={atol!r}")
+    return float(atol)
+
+
+def _check_finite(name: str, x: Tensor) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"`{name}` holds NaN or infinite values; metrics of it would be meaningless")
+
+
+def _check_vector(name: str, x: Any, n: int, *, kind: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape ({n},); got {type(x).__name__}")
+    if tuple(x.shape) != (n,):
+        raise ValueError(f"`{name}` must have shape ({n},), one entry per image; got shape {tuple(x.shape)}")
+    if kind == "bool" and x.dtype != torch.bool:
+        raise TypeError(f"`{name}` must be a bool tensor; got dtype {x.dtype}")
+    if kind == "int" and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
+        raise TypeError(f"`{name}` must be an integer tensor; got dtype {x.dtype}")
+    return x
+
+
+def _check_classes(name: str, x: Tensor | None, n: int, classes: int, device: torch.device) -> Tensor:
+    """Class indices in ``[-1, classes - 1]`` (``-1``: unknown / none); ``None`` gives all ``-1``."""
+    if x is None:
+        return torch.full((n,), -1, dtype=torch.int64, device=device)
+    x = _check_vector(name, x, n, kind="int").to(device=device, dtype=torch.int64)
+    if n and (bool((x < -1).any()) or bool((x >= classes).any())):
+        raise ValueError(
+            f"`{name}` must hold class indices in [0, {classes - 1}] or -1 (unknown / none) "
+            f"for logits with {classes} classes; got values in [{int(x.min())}, {int(x.max())}]"
+        )
+    return x
+
+
+# --------------------------------------------------------------------------- #
+# perturbation sizes
+# --------------------------------------------------------------------------- #
+def changed_pixels(delta: Tensor, *, atol: float = 0.0) -> Tensor:
+    """Which pixels a perturbation changed: any channel with ``|delta| > atol``.
+
+    Parameters
+    ----------
+    delta : Tensor, shape-(N, C, H, W)
+        Perturbations (``xadv - images``), floating point.
+    atol : float, optional (default=0.0)
+        Changes of at most ``atol`` in every channel do not count.
+
+    Returns
+    -------
+    Tensor of bool, shape-(N, H, W)
+
+    Examples
+    --------
+    >>> import torch
+    >>> delta = torch.zeros(1, 3, 2, 2)
+    >>> delta[0, 2, 0, 1] = -0.2      # one channel of pixel (0, 1)
+    >>> delta[0, 0, 1, 1] = 0.01      # not above atol
+    >>> changed_pixels(delta, atol=0.05).int()
+    tensor([[[0, 1],
+             [0, 0]]], dtype=torch.int32)
+    """
+    delta = _check_images("delta", delta)
+    atol = _check_atol(atol)
+    return (delta.abs() > atol).any(dim=1)
+
+
+def perturbation_norms(delta: Tensor, *, atol: float = 0.0) -> dict[str, Tensor]:
+    """Sizes of each perturbation: L0 (pixels, fraction, elements), L1, L2 and L∞.
+
+    Parameters
+    ----------
+    delta : Tensor, shape-(N, C, H, W)
+        Perturbations (``xadv - images``), floating point and finite.
+    atol : float, optional (default=0.0)
+        Threshold of the L0 counts (see :func:`changed_pixels`); the L1, L2
+        and L∞ norms are exact.
+
+    Returns
+    -------
+    dict of str to Tensor, each of shape-(N,)
+        ``"l0_pixels"`` and ``"l0_elements"`` (int64): changed pixels and
+        changed entries; ``"l0_fraction"`` (float64): ``l0_pixels / (H * W)``;
+        ``"l1"``, ``"l2"``, ``"linf"`` (float64): norms over all entries.
+
+    Raises
+    ------
+    ValueError
+        When ``delta`` holds NaN or infinite values.
+
+    Examples
+    --------
+    >>> import torch
+    >>> delta = torch.zeros(2, 1, 2, 2)
+    >>> delta[0, 0, 0, 0], delta[0, 0, 1, 1] = 3.0, -4.0
+    >>> norms = perturbation_norms(delta)
+    >>> norms["l0_pixels"].tolist(), norms["l0_fraction"].tolist()
+    ([2, 0], [0.5, 0.0])
+    >>> norms["l1"].tolist(), norms["l2"].tolist(), norms["linf"].tolist()
+    ([7.0, 0.0], [5.0, 0.0], [4.0, 0.0])
+    """
+    delta = _check_images("delta", delta)
+    atol = _check_atol(atol)
+    _check_finite("delta", delta)
+    n, channels, height, width = delta.shape
+    flat = delta.detach().reshape(n, channels * height * width).to(torch.float64)
+    magnitude = flat.abs()
+    pixels = changed_pixels(delta, atol=atol).reshape(n, height * width).sum(dim=1, dtype=torch.int64)
+    # an image with no entries (H * W == 0) has no norm: linf of nothing is 0
+    linf = magnitude.amax(dim=1) if flat.shape[1] else flat.new_zeros(n)
+    return {
+        "l0_pixels": pixels,
+        "l0_fraction": pixels.to(torch.float64) / max(height * width, 1),
+        "l0_elements": (magnitude > atol).sum(dim=1, dtype=torch.int64),
+        "l1": magnitude.sum(dim=1),
+        "l2": flat.norm(dim=1),
+        "linf": linf,
+    }
+
+
+# --------------------------------------------------------------------------- #
+# per image
+# --------------------------------------------------------------------------- #
+def _probability_of(probs: Tensor, classes: Tensor) -> Tensor:
+    """``probs[i, classes[i]]``, NaN where ``classes[i] == -1``."""
+    known = classes >= 0
+    picked = probs.gather(1, classes.clamp(min=0).view(-1, 1)).squeeze(1)
+    return torch.where(known, picked, torch.full_like(picked, math.nan))
+
+
+def per_image_metrics(
+    images: Tensor,
+    xadv: Tensor,
+    *,
+    clean_logits: Tensor,
+    adv_logits: Tensor,
+    labels: Tensor | None = None,
+    targets: Tensor | None = None,
+    success: Tensor,
+    first_success_step: Tensor,
+    atol: float = 0.0,
+) -> dict[str, Tensor]:
+    """Every per-image quantity of an attacked batch, one ``(N,)`` tensor each.
+
+    Parameters
+    ----------
+    images, xadv : Tensor, shape-(N, C, H, W)
+        The attacked images and their perturbed versions.
+    clean_logits, adv_logits : Tensor, shape-(N, K)
+        The model's outputs on ``images`` and on ``xadv``.
+    labels : Tensor of int, shape-(N,), optional
+        True classes, ``-1`` where unknown (seeds); ``None``: all unknown.
+    targets : Tensor of int, shape-(N,), optional
+        Target classes of a targeted attack, ``-1`` for untargeted images;
+        ``None``: untargeted.
+    success : Tensor of bool, shape-(N,)
+        Whether ``xadv`` met the attack's goal (the solver's ``success``).
+    first_success_step : Tensor of int, shape-(N,)
+        The solver's first evaluated iterate meeting the goal, -1 if none.
+    atol : float, optional (default=0.0)
+        Threshold of the L0 counts (see :func:`perturbation_norms`).
+
+    Returns
+    -------
+    dict of str to Tensor, each of shape-(N,), on the CPU
+        Keys :data:`PER_IMAGE_KEYS`: ``"index"``; ``"label"`` and
+        ``"target"`` (-1: unknown / none); ``"clean_pred"``, ``"adv_pred"``
+        and their softmax probabilities ``"clean_conf"``, ``"adv_conf"``;
+        the probability of the true label ``"label_conf_before"`` /
+        ``"label_conf_after"`` and of the target ``"target_conf_before"`` /
+        ``"target_conf_after"`` (NaN when unknown / untargeted);
+        ``"success"`` (bool); ``"steps_to_success"`` (``first_success_step``
+        where ``success``, else -1); and :func:`perturbation_norms` of
+        ``xadv - images``. Probabilities are float64.
+
+    Examples
+    --------
+    A seed without a label, pushed toward class 1:
+
+    >>> import torch
+    >>> seed = torch.full((1, 1, 2, 2), 0.5)
+    >>> xadv = seed + 0.25
+    >>> out = per_image_metrics(
+    ...     seed, xadv, clean_logits=torch.tensor([[0.0, 0.0]]),
+    ...     adv_logits=torch.tensor([[0.0, 3.0]]), labels=None, targets=torch.tensor([1]),
+    ...     success=torch.tensor([True]), first_success_step=torch.tensor([7]))
+    >>> out["label"].tolist(), out["label_conf_before"].tolist(), out["target_conf_before"].tolist()
+    ([-1], [nan], [0.5])
+    >>> round(out["target_conf_after"].item(), 4), out["steps_to_success"].tolist(), out["l0_pixels"].tolist()
+    (0.9526, [7], [4])
+    """
+    images = _check_images("images", images)
+    xadv = _check_images("xadv", xadv)
+    if xadv.shape != images.shape:
+        raise ValueError(
+            f"`xadv` must have the shape of `images` {tuple(images.shape)}; got {tuple(xadv.shape)}"
+        )
+    n = images.shape[0]
+    for name, logits in (("clean_logits", clean_logits), ("adv_logits", adv_logits)):
+        if not isinstance(logits, Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor; got {type(logits).__name__}")
+        if logits.ndim != 2 or logits.shape[0] != n or logits.shape[1] < 1:
+            raise ValueError(
+                f"`{name}` must have shape (N, K) = ({n}, K), one row of class scores per image; "
+                f"got shape {tuple(logits.shape)}"
+            )
+        _check_finite(name, logits)
+    if adv_logits.shape != clean_logits.shape:
+        raise ValueError(
+            f"`adv_logits` must have the shape of `clean_logits` {tuple(clean_logits.shape)}; "
+            f"got {tuple(adv_logits.shape)}"
+        )
+    classes = clean_logits.shape[1]
+    device = clean_logits.device
+    labels = _check_classes("labels", labels, n, classes, device)
+    targets = _check_classes("targets", targets, n, classes, device)
+    success = _check_vector("success", success, n, kind="bool").to(device)
+    first = _check_vector("first_success_step", first_success_step, n, kind="int").to(device, torch.int64)
+
+    clean_probs = clean_logits.detach().to(torch.float64).softmax(dim=1)
+    adv_probs = adv_logits.detach().to(torch.float64).softmax(dim=1)
+    clean_conf, clean_pred = clean_probs.max(dim=1)
+    adv_conf, adv_pred = adv_probs.max(dim=1)
+    out = {
+        "index": torch.arange(n, dtype=torch.int64, device=device),
+        "label": labels,
+        "target": targets,
+        "clean_pred": clean_pred,
+        "clean_conf": clean_conf,
+        "adv_pred": adv_pred,
+        "adv_conf": adv_conf,
+        "label_conf_before": _probability_of(clean_probs, labels),
+        "label_conf_after": _probability_of(adv_probs, labels),
+        "target_conf_before": _probability_of(clean_probs, targets),
+        "target_conf_after": _probability_of(adv_probs, targets),
+        "success": success,
+        "steps_to_success": torch.where(success, first, torch.full_like(first, -1)),
+    }
+    norms = perturbation_norms(xadv.detach() - images.detach(), atol=atol)
+    out.update(norms)
+    return {key: value.cpu() for key, value in out.items()}
+
+
+# --------------------------------------------------------------------------- #
+# summary
+# --------------------------------------------------------------------------- #
+def _number(value: Tensor | float) -> float | None:
+    """A Python float, ``None`` for NaN / infinity (JSON has neither)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def median(values: Tensor) -> float | None:
+    """The median of a 1-d tensor: the average of the two middle values when their number is even.
+
+    Returns ``None`` for an empty tensor. NaN values are ignored.
+
+    Examples
+    --------
+    >>> import torch
+    >>> median(torch.tensor([4, 1, 3, 2])), median(torch.tensor([5.0, 1.0, 2.0]))
+    (2.5, 2.0)
+    >>> median(torch.tensor([])) is None, median(torch.tensor([float("nan"), 1.0]))
+    (True, 1.0)
+    """
+    values = values.detach().reshape(-1).to(torch.float64)
+    values = values[~values.isnan()].sort().values
+    count = values.numel()
+    if count == 0:
+        return None
+    middle = (values[(count - 1) // 2] + values[count // 2]) / 2
+    return _number(middle)
+
+
+def _mean(values: Tensor) -> float | None:
+    values = values.detach().reshape(-1).to(torch.float64)
+    values = values[~values.isnan()]
+    return _number(values.mean()) if values.numel() else None
+
+
+def _stats(values: Tensor) -> dict[str, float | None]:
+    return {"mean": _mean(values), "median": median(values)}
+
+
+def summarize(per_image: Mapping[str, Tensor]) -> dict:
+    """Reduce :func:`per_image_metrics` to the JSON-ready summary of ``metrics.json``.
+
+    Parameters
+    ----------
+    per_image : mapping of str to Tensor
+        The output of :func:`per_image_metrics` (every key of
+        :data:`PER_IMAGE_KEYS`).
+
+    Returns
+    -------
+    dict
+        Plain ints, floats and ``None`` (never NaN), with keys
+        ``"n_images"``, ``"n_labeled"``, ``"n_targeted"``, ``"n_successful"``;
+        ``"clean_accuracy"`` (fraction of the labeled images whose clean
+        prediction is the label; ``None`` with no labeled image);
+        ``"attack_success_rate"`` (``None`` with no image);
+        ``"l0_pixels"``, ``"l0_fraction"``, ``"l0_elements"``, ``"l1"``,
+        ``"l2"``, ``"linf"``: each ``{"mean", "median"}`` over all images;
+        ``"confidence"``: means of ``clean_conf`` (``"clean_pred_before"``),
+        ``adv_conf`` (``"adv_pred_after"``), the true label's probability
+        (``"label_before"``, ``"label_after"``, over labeled images) and the
+        target's (``"target_before"``, ``"target_after"``, over targeted
+        images), ``None`` where no image applies;
+        ``"steps_to_success"``: ``{"mean", "median"}`` over the successful
+        images; ``"successful"``: the norm statistics over the successful
+        images only. Statistics of no values are ``None``; medians follow
+        :func:`median`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rai_probe.probing.metrics import per_image_metrics
+    >>> images = torch.zeros(4, 1, 1, 4)
+    >>> xadv = images.clone()
+    >>> xadv[1, 0, 0, :1] = 1.0; xadv[2, 0, 0, :2] = 1.0; xadv[3, 0, 0, :4] = 1.0
+    >>> eye = torch.eye(2) * 4
+    >>> per_image = per_image_metrics(
+    ...     images, xadv, clean_logits=eye[[0, 0, 1, 1]], adv_logits=eye[[0, 1, 0, 0]],
+    ...     labels=torch.tensor([0, 0, 1, 0]),
+    ...     success=torch.tensor([False, True, True, False]),
+    ...     first_success_step=torch.tensor([-1, 2, 4, 3]))
+    >>> s = summarize(per_image)
+    >>> s["clean_accuracy"], s["attack_success_rate"], s["l0_pixels"]
+    (0.75, 0.5, {'mean': 1.75, 'median': 1.5})
+    >>> s["steps_to_success"], s["successful"]["l0_pixels"], s["confidence"]["target_before"]
+    ({'mean': 3.0, 'median': 3.0}, {'mean': 1.5, 'median': 1.5}, None)
+    """
+    missing = [key for key in PER_IMAGE_KEYS if key not in per_image]
+    if missing:
+        raise ValueError(
+            f"`per_image` must hold every key of per_image_metrics; missing {missing}"
+        )
+    n = int(per_image["index"].numel())
+    for key in PER_IMAGE_KEYS:
+        if tuple(per_image[key].shape) != (n,):
+            raise ValueError(
+                f"`per_image[{key!r}]` must have shape ({n},) like 'index'; got {tuple(per_image[key].shape)}"
+            )
+    labels = per_image["label"]
+    targets = per_image["target"]
+    success = per_image["success"].to(torch.bool)
+    labeled = labels >= 0
+    targeted = targets >= 0
+    correct = (per_image["clean_pred"] == labels) & labeled
+    n_labeled = int(labeled.sum())
+
+    summary: dict[str, Any] = {
+        "n_images": n,
+        "n_labeled": n_labeled,
+        "n_targeted": int(targeted.sum()),
+        "n_successful": int(success.sum()),
+        "clean_accuracy": int(correct.sum()) / n_labeled if n_labeled else None,
+        "attack_success_rate": int(success.sum()) / n if n else None,
+    }
+    for key in NORM_KEYS:
+        summary[key] = _stats(per_image[key])
+    summary["confidence"] = {
+        "clean_pred_before": _mean(per_image["clean_conf"]),
+        "adv_pred_after": _mean(per_image["adv_conf"]),
+        "label_before": _mean(per_image["label_conf_before"][labeled]),
+        "label_after": _mean(per_image["label_conf_after"][labeled]),
+        "target_before": _mean(per_image["target_conf_before"][targeted]),
+        "target_after": _mean(per_image["target_conf_after"][targeted]),
+    }
+    summary["steps_to_success"] = _stats(per_image["steps_to_success"][success])
+    summary["successful"] = {key: _stats(per_image[key][success]) for key in NORM_KEYS}
+    return summary
