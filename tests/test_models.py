@@ -504,12 +504,27 @@ def test_weights_dir_is_inside_the_package():
 
 
 def test_shipped_default_model():
+    """The shipped robust model: present, small, fast to load, with its card's numbers recorded."""
     path = pretrained_module._weights_dir() / PRETRAINED[DEFAULT_MODEL]
-    if not path.is_file():
-        pytest.skip(f"the trained weights file is not in the tree yet: {path}")
+    assert path.is_file(), f"the shipped weights file is missing: {path}"
+    assert path.stat().st_size < 3 * 2**20  # "a few MB at most"
     model = load_pretrained()
     assert model.info.arch == "small_cnn" and model.info.num_classes == 10
-    assert model.info.input_shape == (1, 28, 28)
-    assert "clean_accuracy" in model.info.metrics
+    assert model.info.input_shape == (1, 28, 28) and model.info.dataset == "mnist5k"
+    assert not model.training
+    metrics = model.info.metrics
+    assert metrics["clean_accuracy"] >= 0.95 and metrics["n"] == 1000
+    assert set(metrics["robust_accuracy"]) >= {"l2_eps1_5", "l1_eps10"}
+    assert model.info.training["attack"]["optimizer"] == "L2ProjectedOptim"
     with torch.no_grad():
         assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_shipped_default_model_reproduces_its_clean_accuracy():
+    from rai_probe.data import load_mnist5k
+
+    model = load_pretrained()
+    test = load_mnist5k("test")
+    with torch.no_grad():
+        accuracy = (model(test.images).argmax(1) == test.labels).float().mean().item()
+    assert accuracy == pytest.approx(model.info.metrics["clean_accuracy"], abs=1e-9)

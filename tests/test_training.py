@@ -751,3 +751,48 @@ def test_train_from_config_rejects_a_bad_eval_attack_before_training(tmp_path, m
         train_from_config(cfg, tmp_path)
     with pytest.raises(ValueError, match=r"attack\.norm"):
         train_from_config({**cfg, "eval_attacks": None, "attack": {"norm": "l5"}}, tmp_path)
+
+
+def _write_tiny_cifar(folder, n=8, seed=0):
+    """CIFAR-10 python batches laid out like the real ones (5 train batches, test, meta)."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+    for name in names:
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(n)],
+        }
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {b"label_names": [c.encode() for c in "plane car bird cat deer dog frog horse ship truck".split()]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+
+
+def test_train_from_config_cifar_resnet18_linf_on_cpu(tmp_path):
+    """A CIFAR-size model trains adversarially on CPU from on-disk CIFAR batches (tiny subset)."""
+    root = tmp_path / "cifar-10-batches-py"
+    _write_tiny_cifar(root)
+    cfg = {
+        "model": "cifar_resnet18", "data": "cifar10", "data_root": str(root), "n_train": 16, "n_eval": 4,
+        "seed": 0, "epochs": 1, "batch_size": 8, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4,
+        "schedule": "cosine", "warmup_epochs": 0.0, "max_shift": 2, "clean_weight": 0.0,
+        "attack": {"norm": "linf", "epsilon": 8 / 255, "steps": 1, "step_size": None, "warmup_epochs": 0.0},
+        "eval_attacks": {"linf": {"optimizer": "LinfProjectedOptim", "epsilon": 8 / 255, "steps": 1, "lr": 2 / 255}},
+        "eval_size": 4, "eval_every": 1, "threads": 1,
+    }
+    threads = torch.get_num_threads()
+    try:
+        report = train_from_config(cfg, tmp_path / "run")
+    finally:
+        torch.set_num_threads(threads)
+    model = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert model.info.arch == "cifar_resnet18" and model.info.input_shape == (3, 32, 32)
+    assert model.info.dataset == "cifar10" and model.info.class_names[0] == "plane"
+    assert model.info.training["attack"]["optimizer"] == "LinfProjectedOptim"
+    assert set(report["robust_accuracy"]) == {"linf"} and report["n"] == 4

@@ -1,0 +1,29 @@
+"""Attack a robust classifier with a controllably sparse perturbation: ``python scripts/probe.py +attack=l1q``.
+
+Configs: configs/probe.yaml and the groups attack/, model/, data/, mode/.
+Examples::
+
+    python scripts/probe.py +attack=l1q                            # explain the shipped model's predictions
+    python scripts/probe.py +attack=l1q attack.epsilon=10 attack.q=0.9
+    python scripts/probe.py +attack=l2 mode=probe data=noise        # what each class looks like to the model
+    python scripts/probe.py -m +attack=l1q attack.epsilon=5,10,20 attack.q=0.9,0.99
+    python scripts/report.py outputs/multirun/<time>                # table and plots over the sweep
+
+Outputs (config, log, metrics.json, per_image.csv, perturbations.pt, figures/)
+go to Hydra's run directory (outputs/probe/<time>/) or, with -m, one
+directory per job under outputs/multirun/<time>/.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from rai_probe.probing.cli import probe_main
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="probe")
+def main(cfg: DictConfig) -> None:
+    probe_main(cfg)
+
+
+if __name__ == "__main__":
+    main()
