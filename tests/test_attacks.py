@@ -67,12 +67,7 @@ def _norms(delta: Tensor, p: float) -> Tensor:
     return delta.flatten(1).norm(p=p, dim=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Recorder(nn.Module):
