@@ -292,3 +292,41 @@ def test_in_process_explain_matches_the_model(tmp_path):
         logits = model(saved["images"])
     torch.testing.assert_close(saved["clean_logits"], logits)
     assert json.loads((tmp_path / "job" / "metrics.json").read_text())["summary"] == outcome["summary"]
+
+
+def _digit_folder(root, names):
+    """Class subfolders of 28x28 grayscale PNGs cut from mnist5k digits of those classes (when digits)."""
+    from PIL import Image
+
+    from rai_probe.data import load_mnist5k
+
+    test = load_mnist5k("test")
+    for position, name in enumerate(names):
+        folder = root / name
+        folder.mkdir(parents=True)
+        label = int(name) if name.isdigit() else position
+        image = test.images[test.labels == label][0, 0]
+        Image.fromarray((image * 255).round().byte().numpy(), mode="L").save(folder / "a.png")
+    return root
+
+
+def test_folder_labels_are_the_models_classes(tmp_path):
+    root = _digit_folder(tmp_path / "images", ["3", "7"])
+    job = tmp_path / "job"
+    run_probe(base_config(data={"name": "folder", "root": str(root), "size": None, "mode": "auto"}), job)
+    saved = load_perturbations(job)
+    assert saved["labels"].tolist() == [3, 7]  # not the folder order 0, 1
+    assert read_metrics(job)["summary"]["clean_accuracy"] == 1.0
+
+
+def test_folder_with_foreign_class_names_is_refused(tmp_path):
+    root = _digit_folder(tmp_path / "images", ["cat", "dog"])
+    with pytest.raises(ProbeConfigError) as caught:
+        run_probe(base_config(data={"name": "folder", "root": str(root), "size": None, "mode": "auto"}), tmp_path / "job")
+    assert caught.value.override == "data.root" and "'cat'" in str(caught.value)
+
+
+def test_unknown_attack_setting_is_named(tmp_path):
+    with pytest.raises(ProbeConfigError) as caught:
+        run_probe(base_config(attack__stpes=3), tmp_path / "job")
+    assert caught.value.override == "attack.stpes"

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._io import write_atomic
 from .normalize import ModelInfo, NormalizedModel
 from .registry import MODELS, TORCHVISION_PREFIX, build_model, get_arch_spec
 
@@ -860,10 +861,4 @@ def save_checkpoint(
         "metrics": metrics,
         "state_dict": state,
     }
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(record, temporary)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    write_atomic(path, save=lambda file: torch.save(record, file))

@@ -244,18 +244,10 @@ class Attack:
             init_kwargs: dict[str, Any] = {"epsilon": self.epsilon}
             if generator is not None:
                 init_kwargs["generator"] = generator
+            # the solver clamps this start into data_range (moving entries toward 0 keeps it in the ball)
             perturbation = functools.partial(
                 AdditivePerturbation, init_fn=RANDOM_INITS[self.random_init], **init_kwargs
             )
-            if self.data_range is not None:  # start inside the valid box too
-                low, high = self.data_range
-                inner = perturbation
-
-                def perturbation(data: Tensor) -> AdditivePerturbation:
-                    module = inner(data)
-                    with torch.no_grad():
-                        module.delta.copy_((data + module.delta).clamp_(low, high) - data)
-                    return module
 
         kwargs = self._optimizer_kwargs(self.epsilon)
         if generator is not None and "generator" in getattr(self.optimizer_class, "_all_options", {}):

@@ -41,13 +41,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from .._io import write_atomic
 from .metrics import PER_IMAGE_KEYS, per_image_metrics
 
 __all__ = [
@@ -113,25 +113,6 @@ def _directory(out_dir: str | os.PathLike, *, create: bool) -> Path:
         raise NotADirectoryError(f"`out_dir` must be a directory; {str(path)!r} is a file")
     if create:
         path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _write_atomic(path: Path, data: bytes | str | None = None, *, save: Any = None) -> Path:
-    """Write ``data`` (or call ``save(file)``) to a temporary file next to ``path``, then rename it."""
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            if save is not None:
-                save(file)
-            else:
-                file.write(data.encode("utf-8") if isinstance(data, str) else data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
     return path
 
 
@@ -277,7 +258,7 @@ def save_perturbations(
             raise ValueError(f"`extra` must not repeat a standard key of perturbations.pt; got {key!r}")
         payload[key] = value.detach().cpu() if isinstance(value, Tensor) else value
     path = directory / PERTURBATIONS_FILE
-    return _write_atomic(path, save=lambda file: torch.save(payload, file))
+    return write_atomic(path, save=lambda file: torch.save(payload, file))
 
 
 def load_perturbations(path_or_dir: str | os.PathLike) -> dict:
@@ -420,7 +401,7 @@ def write_per_image_csv(
             if key in _NAME_COLUMNS:
                 cells.append(name_of(int(columns[key][row])))
         writer.writerow(cells)
-    return _write_atomic(directory / PER_IMAGE_FILE, buffer.getvalue())
+    return write_atomic(directory / PER_IMAGE_FILE, buffer.getvalue())
 
 
 def read_per_image_csv(path_or_dir: str | os.PathLike) -> dict[str, Tensor]:
@@ -550,7 +531,7 @@ def write_metrics(
         ) from None
     except TypeError as error:
         raise TypeError(f"metrics.json payload is not JSON-serializable: {error}") from None
-    return _write_atomic(directory / METRICS_FILE, text + "\n")
+    return write_atomic(directory / METRICS_FILE, text + "\n")
 
 
 def read_metrics(path_or_dir: str | os.PathLike) -> dict:
@@ -601,7 +582,7 @@ def write_error(out_dir: str | os.PathLike, message: str) -> Path:
     directory = _directory(out_dir, create=True)
     if not isinstance(message, str):
         raise TypeError(f"`message` must be a str; got {type(message).__name__}")
-    return _write_atomic(directory / ERROR_FILE, message if message.endswith("\n") else message + "\n")
+    return write_atomic(directory / ERROR_FILE, message if message.endswith("\n") else message + "\n")
 
 
 def job_status(job_dir: str | os.PathLike) -> str:

@@ -51,7 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .artifacts import ERROR_FILE, METRICS_FILE, _write_atomic, job_status, load_perturbations, read_metrics
+from .._io import write_atomic
+from .artifacts import ERROR_FILE, METRICS_FILE, job_status, load_perturbations, read_metrics
 
 __all__ = [
     "JobRecord",
@@ -641,7 +642,7 @@ def write_report(
         jobs = collect_jobs(root, skip=target)
     target.mkdir(parents=True, exist_ok=True)
     columns, rows = report_rows(jobs)
-    written: dict[str, Path] = {"csv": _write_atomic(target / REPORT_FILES["csv"], _csv_text(columns, rows))}
+    written: dict[str, Path] = {"csv": write_atomic(target / REPORT_FILES["csv"], _csv_text(columns, rows))}
 
     complete = [job for job in jobs if job.status == "complete"]
     notes: list[str] = []
@@ -689,6 +690,6 @@ def write_report(
         lines += ["## Pictures", ""]
         lines += [f"![{key.replace('_', ' ')}]({path.name})" for key, path in pictures.items()]
         lines.append("")
-    written["markdown"] = _write_atomic(target / REPORT_FILES["markdown"], "\n".join(lines))
+    written["markdown"] = write_atomic(target / REPORT_FILES["markdown"], "\n".join(lines))
     written.update(pictures)
     return written

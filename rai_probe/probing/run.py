@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..progress import Progress
+from ..runtime import select_device, set_threads
 from .artifacts import (
     ERROR_FILE,
     FIGURES_DIR,
@@ -46,14 +47,10 @@ def _positive_int(cfg: Mapping[str, Any], key: str) -> int:
 
 
 def _device(cfg: Mapping[str, Any]) -> torch.device:
-    name = str(cfg.get("device", "cpu"))
     try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ProbeConfigError(f"device={name!r} is not a device ({error})", "device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ProbeConfigError(f"device={name} but CUDA is not available on this machine", "device")
-    return device
+        return select_device(cfg.get("device", "cpu"))
+    except ValueError as error:
+        raise ProbeConfigError(str(error), "device") from None
 
 
 def _padded_traces(traces: Sequence[Tensor]) -> Tensor:
@@ -84,8 +81,10 @@ def run_probe(cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequenc
         (output_dir / stale).unlink(missing_ok=True)
     if cfg.get("attack") is None:
         raise ProbeConfigError("no attack chosen", "+attack")
-    if cfg.get("threads"):
-        torch.set_num_threads(_positive_int(cfg, "threads"))
+    try:
+        set_threads(cfg.get("threads"))
+    except ValueError as error:
+        raise ProbeConfigError(str(error), "threads") from None
     n_images = _positive_int(cfg, "n_images")
     batch_size = _positive_int(cfg, "batch_size")
     seed = cfg.get("seed", 0)
@@ -146,7 +145,10 @@ def run_probe(cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequenc
     success = torch.cat(pieces["success"])
     first_success = torch.cat(pieces["first"])
     datum_trace = _padded_traces(datum_traces) if len(datum_traces) == len(traces) else None
-    loss_trace = datum_trace.mean(dim=1) if datum_trace is not None else _padded_traces(traces).sum(dim=0)
+    if datum_trace is not None:
+        loss_trace = datum_trace.mean(dim=1)
+    else:  # a criterion without per-image losses: its batch totals, averaged over images
+        loss_trace = _padded_traces(traces).sum(dim=0) / rows
     clean_logits = source_logits[plan.sources].float()
     labels = plan.labels
     targets = plan.targets if targeted else None

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from ..data import DataFormatError, ImageDataset, load_dataset, make_seeds
+from ..data import DataFormatError, ImageDataset, load_dataset
 from ..models import (
     CheckpointError,
     NormalizedModel,
@@ -36,20 +36,8 @@ __all__ = [
 #: How an unset mandatory value (``???`` in a config file) arrives after ``to_container``.
 MISSING = "???"
 
-#: Attack settings that are optimizer options (everything else maps to :class:`Attack` fields).
+#: Attack settings lifted into the optimizer's options (the rest are :class:`Attack` fields).
 _OPTIMIZER_KEYS = ("q", "dq")
-_ATTACK_FIELDS = (
-    "optimizer",
-    "epsilon",
-    "steps",
-    "lr",
-    "random_init",
-    "smoothing_sigma",
-    "use_best",
-    "early_stop",
-    "confidence",
-    "data_range",
-)
 
 
 class ProbeConfigError(ValueError):
@@ -98,25 +86,26 @@ def attack_from_config(settings: Mapping[str, Any], *, targeted: bool) -> Attack
     ...
     rai_probe.probing.settings.ProbeConfigError: attack: L1qFrankWolfe: option `q` must be a real number within [0, 1]; got q=2.0. Fix it with the override `attack.q=...`.
     """
-    values: dict[str, Any] = {key: settings[key] for key in _ATTACK_FIELDS if key in settings}
+    values = {key: value for key, value in settings.items() if key != "name" and key not in _OPTIMIZER_KEYS}
     options = dict(settings.get("options") or {})
     for key in _OPTIMIZER_KEYS:
         if settings.get(key) is not None:
             options[key] = settings[key]
     values["options"] = options
     values["targeted"] = targeted
-    if isinstance(values.get("epsilon"), int) and not isinstance(values.get("epsilon"), bool):
-        values["epsilon"] = float(values["epsilon"])
-    if values.get("data_range") is not None:
-        values["data_range"] = tuple(values["data_range"])
-    known = _ATTACK_FIELDS + tuple(options) + _OPTIMIZER_KEYS
     try:
-        return Attack(**values)
+        return Attack.from_dict(values)
     except (TypeError, ValueError) as error:
-        blamed = _blame(str(error), "attack", known)
-        if blamed in {f"attack.{key}" for key in options if key not in _OPTIMIZER_KEYS}:
-            blamed = f"attack.options.{blamed.split('.', 1)[1]}"
-        raise ProbeConfigError(f"attack: {error}", blamed) from None
+        message = str(error)
+        blamed = "attack"
+        for name in re.findall(r"(?:`|\[')(\w+)", message):  # the first setting the message names
+            if name in options and name not in _OPTIMIZER_KEYS:
+                blamed = f"attack.options.{name}"
+                break
+            if name in settings or name in _OPTIMIZER_KEYS:
+                blamed = f"attack.{name}"
+                break
+        raise ProbeConfigError(f"attack: {message}", blamed) from None
 
 
 def model_from_config(settings: Mapping[str, Any], device: torch.device) -> NormalizedModel:
@@ -167,30 +156,28 @@ def data_from_config(
     """The first ``n_images`` source images a ``data`` config group describes, shaped for ``model``."""
     name = settings.get("name")
     shape = tuple(model.info.input_shape)
+    kwargs = {key: value for key, value in settings.items() if key != "name"}
+    for key, value in kwargs.items():
+        if value == MISSING:
+            raise ProbeConfigError(
+                f"data={name} needs data.{key} (e.g. the folder holding the files)", f"data.{key}"
+            )
+    if name in ("noise", "gray"):  # seeds take the model's input shape
+        kwargs.update(n=n_images, image_shape=shape)
+        if name == "noise":
+            kwargs["seed"] = seed
+    if name == "folder":
+        if kwargs.get("size") is None:
+            kwargs["size"] = shape[1:]
+        if kwargs.get("mode", "auto") == "auto":
+            kwargs["mode"] = "L" if shape[0] == 1 else "RGB"
     try:
-        if name in ("noise", "gray"):
-            kwargs = {"level": float(settings.get("level", 0.5))} if name == "gray" else {}
-            return make_seeds(name, n_images, shape, seed=seed, **kwargs)
-        kwargs = {key: value for key, value in settings.items() if key != "name"}
-        for key, value in kwargs.items():
-            if value == MISSING:
-                raise ProbeConfigError(
-                    f"data={name} needs data.{key} (e.g. the folder holding the files)", f"data.{key}"
-                )
-        if name == "folder":
-            if kwargs.get("size") is None:
-                kwargs["size"] = shape[1:]
-            if kwargs.get("mode", "auto") == "auto":
-                kwargs["mode"] = "L" if shape[0] == 1 else "RGB"
         dataset = load_dataset(name, **kwargs)
-    except FileNotFoundError as error:
-        raise ProbeConfigError(f"data={name}: {error}", "data.root") from None
-    except DataFormatError as error:
+    except (FileNotFoundError, DataFormatError) as error:
         raise ProbeConfigError(f"data={name}: {error}", "data.root") from None
     except (TypeError, ValueError) as error:
-        if isinstance(error, ProbeConfigError):
-            raise
-        raise ProbeConfigError(f"data={name}: {error}", _blame(str(error), "data", tuple(settings) + ("root",))) from None
+        blamed = _blame(str(error), "data", tuple(settings) + ("root",))
+        raise ProbeConfigError(f"data={name}: {error}", blamed) from None
     if dataset.image_shape != shape:
         raise ProbeConfigError(
             f"data={name} gives {'x'.join(map(str, dataset.image_shape))} images but "
@@ -199,7 +186,43 @@ def data_from_config(
         )
     if len(dataset) == 0:
         raise ProbeConfigError(f"data={name} holds no images", "data")
+    if name == "folder" and dataset.labeled:
+        dataset = _labels_as_model_classes(dataset, model)
     return dataset.subset(min(n_images, len(dataset)))
+
+
+def _labels_as_model_classes(dataset: ImageDataset, model: NormalizedModel) -> ImageDataset:
+    """Re-index a class-folder dataset's labels as the model's classes, by folder name.
+
+    A folder's labels count its subfolders in sorted order, which means
+    nothing to the model: ``cat/`` and ``dog/`` would become classes 0 and 1.
+    Each subfolder must be named after one of the model's classes (its class
+    name, or its class index).
+    """
+    model_names = list(model.info.class_names)
+    index_of = {class_name: i for i, class_name in enumerate(model_names)}
+    mapping = []
+    for folder_name in dataset.class_names:
+        if folder_name in index_of:
+            mapping.append(index_of[folder_name])
+        elif folder_name.isdigit() and int(folder_name) < len(model_names):
+            mapping.append(int(folder_name))
+        else:
+            shown = ", ".join(model_names[:12]) + (", ..." if len(model_names) > 12 else "")
+            raise ProbeConfigError(
+                f"data=folder: the subfolder {folder_name!r} is not one of the model's classes "
+                f"({shown}); name each class subfolder after a model class (or its index), "
+                "or use a flat folder of images to explain the model's own predictions",
+                "data.root",
+            )
+    labels = torch.tensor(mapping, dtype=torch.long)[dataset.labels]
+    return ImageDataset(
+        images=dataset.images,
+        labels=labels,
+        class_names=tuple(model_names),
+        name=dataset.name,
+        split=dataset.split,
+    )
 
 
 @dataclass

@@ -247,7 +247,7 @@ def adversarial_train(
         with Progress(n, f"epoch {epoch + 1}/{recipe.epochs}", enabled=progress) as bar:
             for first in range(0, n, recipe.batch_size):
                 index = order[first : first + recipe.batch_size]
-                x = random_shift(images[index], recipe.max_shift, generator).to(device)
+                x = random_shift(images[index].to(device), recipe.max_shift, generator)
                 y = labels[index].to(device)
                 lr = recipe.learning_rate(step, total_steps, steps_per_epoch)
                 for group in optimizer.param_groups:
@@ -275,7 +275,7 @@ def adversarial_train(
                 step += 1
                 loss_sum += loss.detach() * y.shape[0]
                 hits += (logits.detach().argmax(1) == y).sum()
-                if bar.interactive or first + recipe.batch_size >= n:
+                if bar.enabled and (bar.interactive or first + recipe.batch_size >= n):  # reads sync
                     bar.update(y.shape[0], loss=loss.item(), acc=hits.item() / min(first + y.shape[0], n))
                 else:
                     bar.update(y.shape[0])

@@ -48,9 +48,23 @@ def robust_accuracy(
     """
     with torch.no_grad():
         correct = model(images).argmax(dim=1) == labels
-    attack = attack.with_(targeted=False, early_stop=True, use_best=False)
-    result = attack.run(model, images, labels, generator=generator)
-    return correct & ~result.success
+    return _held(model, images, labels, _breaking(attack), correct, generator)
+
+
+def _breaking(attack: Attack) -> Attack:
+    """``attack`` set up to find any misclassified iterate (untargeted, early stop, no best-loss pick)."""
+    return attack.with_(targeted=False, early_stop=True, use_best=False)
+
+
+def _held(
+    model: Callable[[Tensor], Tensor],
+    images: Tensor,
+    labels: Tensor,
+    attack: Attack,
+    correct: Tensor,
+    generator: torch.Generator | None,
+) -> Tensor:
+    return correct & ~attack.run(model, images, labels, generator=generator).success
 
 
 def evaluate(
@@ -102,7 +116,7 @@ def evaluate(
     >>> report["robust_accuracy"]["l2"] <= report["clean_accuracy"]
     True
     """
-    attacks = dict(attacks or {})
+    attacks = {name: _breaking(attack) for name, attack in (attacks or {}).items()}
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -122,7 +136,7 @@ def evaluate(
                 with torch.no_grad():
                     correct[rows] = model(x).argmax(dim=1) == y
                 for name, attack in attacks.items():
-                    held[name][rows] = robust_accuracy(model, x, y, attack, generator=generator)
+                    held[name][rows] = _held(model, x, y, attack, correct[rows], generator)
                 bar.update(x.shape[0])
     finally:
         model.train(was_training)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 
+from .._io import write_json
 from ..data import load_dataset
 from ..models import build_model, load_checkpoint, load_pretrained, save_checkpoint
 from ..perturbations.attacks import Attack
+from ..runtime import select_device, set_threads
 from .adversarial import TrainingRecipe, adversarial_train
 from .evaluation import evaluate
 
@@ -20,12 +20,8 @@ __all__ = ["training_attack", "eval_attacks", "train_from_config", "evaluate_fro
 
 log = logging.getLogger(__name__)
 
-#: Training attack per norm: optimizer, random start, extra options.
-_PGD = {
-    "l2": ("L2ProjectedOptim", "l2"),
-    "linf": ("LinfProjectedOptim", "linf"),
-    "l1": ("L1ProjectedOptim", "l1"),
-}
+#: The projected (PGD) optimizer of each training norm; the random start is drawn in the same norm's ball.
+_PGD = {"l2": "L2ProjectedOptim", "linf": "LinfProjectedOptim", "l1": "L1ProjectedOptim"}
 
 
 def training_attack(settings: Mapping[str, Any]) -> Attack | None:
@@ -44,7 +40,7 @@ def training_attack(settings: Mapping[str, Any]) -> Attack | None:
         return None
     if norm not in _PGD:
         raise ValueError(f"attack.norm must be one of l2, linf, l1, none; got attack.norm={norm!r}")
-    optimizer, init = _PGD[norm]
+    optimizer = _PGD[norm]
     for key in ("epsilon", "steps"):
         if settings.get(key) is None:
             raise ValueError(f"attack.{key} is required for attack.norm={norm}")
@@ -53,7 +49,7 @@ def training_attack(settings: Mapping[str, Any]) -> Attack | None:
     step_size = settings.get("step_size")
     lr = float(step_size) if step_size is not None else 2.5 * epsilon / steps
     options = {"q": float(settings.get("q", 0.99))} if norm == "l1" else {}
-    return Attack(optimizer, epsilon=epsilon, steps=steps, lr=lr, options=options, random_init=init)
+    return Attack(optimizer, epsilon=epsilon, steps=steps, lr=lr, options=options, random_init=norm)
 
 
 def eval_attacks(settings: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Attack]:
@@ -80,9 +76,8 @@ def train_from_config(cfg: Mapping[str, Any], output_dir: str | Path) -> dict[st
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    device = torch.device(cfg.get("device", "cpu"))
+    set_threads(cfg.get("threads"))
+    device = select_device(cfg.get("device", "cpu"))
 
     train_set = load_dataset(cfg["data"], **_dataset_kwargs(cfg, cfg.get("train_split", "train")))
     eval_set = load_dataset(cfg["data"], **_dataset_kwargs(cfg, cfg.get("eval_split", "test")))
@@ -163,8 +158,8 @@ def train_from_config(cfg: Mapping[str, Any], output_dir: str | Path) -> dict[st
     model.to("cpu")
     checkpoint = output_dir / "model.pt"
     save_checkpoint(model, checkpoint, training=training, metrics=report)
-    (output_dir / "history.json").write_text(json.dumps(history.epochs, indent=2))
-    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    write_json(output_dir / "history.json", history.epochs)
+    write_json(output_dir / "metrics.json", report)
     if cfg.get("export"):
         shutil.copyfile(checkpoint, cfg["export"])
         log.info("checkpoint copied to %s", cfg["export"])
@@ -184,13 +179,13 @@ def evaluate_from_config(cfg: Mapping[str, Any], output_dir: str | Path) -> dict
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    device = torch.device(cfg.get("device", "cpu"))
+    set_threads(cfg.get("threads"))
+    device = select_device(cfg.get("device", "cpu"))
     if cfg.get("checkpoint"):
         model = load_checkpoint(cfg["checkpoint"], cfg.get("arch"))
     else:
         model = load_pretrained(cfg["model"])
+    model.to(device)
     data = load_dataset(cfg["data"], **_dataset_kwargs(cfg, cfg.get("split", "test")))
     if cfg.get("n_eval"):
         data = data.subset(int(cfg["n_eval"]))
@@ -219,7 +214,7 @@ def evaluate_from_config(cfg: Mapping[str, Any], output_dir: str | Path) -> dict
         "clean_accuracy": recorded.get("clean_accuracy"),
         "robust_accuracy": recorded.get("robust_accuracy", {}),
     }
-    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    write_json(output_dir / "metrics.json", report)
     log.info("clean accuracy %.4f (recorded: %s)", report["clean_accuracy"], recorded.get("clean_accuracy"))
     for name, value in report["robust_accuracy"].items():
         log.info(
