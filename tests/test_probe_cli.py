@@ -330,3 +330,32 @@ def test_unknown_attack_setting_is_named(tmp_path):
     with pytest.raises(ProbeConfigError) as caught:
         run_probe(base_config(attack__stpes=3), tmp_path / "job")
     assert caught.value.override == "attack.stpes"
+
+
+def test_probe_your_own_cifar_checkpoint_and_batches(tmp_path):
+    """model=cifar_resnet18 model.checkpoint=... data=cifar10 data.root=...: a plain state_dict on CIFAR batches."""
+    import pickle
+
+    import numpy as np
+
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
+        batch = {b"labels": [1, 2], b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8)}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+    names = [c.encode() for c in "airplane automobile bird cat deer dog frog horse ship truck".split()]
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=2))
+    net = build_model("cifar_resnet18").eval()
+    checkpoint = tmp_path / "resnet18.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.model.state_dict().items()}}, checkpoint)
+    config = base_config(
+        model={"name": "cifar_resnet18", "arch": "cifar_resnet18", "checkpoint": str(checkpoint)},
+        data={"name": "cifar10", "root": str(root), "split": "test"},
+    )
+    run_probe(config, tmp_path / "job")
+    saved = load_perturbations(tmp_path / "job")
+    assert saved["images"].shape == (2, 3, 32, 32) and saved["labels"].tolist() == [1, 2]
+    assert saved["class_names"][:2] == ["airplane", "automobile"]  # the data's names: the file records none
+    with torch.no_grad():
+        torch.testing.assert_close(saved["clean_logits"], net(saved["images"]))

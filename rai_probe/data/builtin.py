@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import SPLITS, DataFormatError, ImageDataset
+from .datasets import DataFormatError, ImageDataset, check_split
 
 __all__ = ["load_mnist5k", "load_digits", "DIGIT_CLASSES", "TRAIN_FRACTION"]
 
@@ -90,7 +90,7 @@ def load_mnist5k(split: str = "test") -> ImageDataset:
     >>> float(train.images.min()), float(train.images.max())
     (0.0, 1.0)
     """
-    _check_split(split)
+    check_split(split)
     path = _package_data_file(*_MNIST5K)
     pixels, labels = _read_digit_csv(str(path), columns=785, max_pixel=255)
     return _digit_dataset(pixels, labels, split, side=28, max_pixel=255, name="mnist5k")
@@ -127,15 +127,10 @@ def load_digits(split: str = "test") -> ImageDataset:
     >>> len(test), test.image_shape, float(test.images.max())
     (364, (1, 8, 8), 1.0)
     """
-    _check_split(split)
+    check_split(split)
     path = _package_data_file(*_DIGITS)
     pixels, labels = _read_digit_csv(str(path), columns=65, max_pixel=16)
     return _digit_dataset(pixels, labels, split, side=8, max_pixel=16, name="digits")
-
-
-def _check_split(split: object) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS}; got {split!r}")
 
 
 def _package_data_file(distribution: str, package: str, relative: str) -> Path:

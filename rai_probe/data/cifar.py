@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .datasets import SPLITS, DataFormatError, ImageDataset
+from .datasets import DataFormatError, ImageDataset, check_split
 
 __all__ = ["load_cifar10", "load_cifar_batch", "RestrictedUnpickler", "CIFAR10_CLASSES"]
 
@@ -243,8 +243,7 @@ def load_cifar10(root: str | os.PathLike, split: str = "test") -> ImageDataset:
     --------
     See the module docstring.
     """
-    if split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS}; got {split!r}")
+    check_split(split)
     folder = _cifar_folder(root)
     names = ("train", "test") if split == "all" else (split,)
     batches = [_read_batch(folder / batch) for part in names for batch in _BATCHES[part]]

@@ -36,6 +36,12 @@ __all__ = ["ImageDataset", "DataFormatError", "SPLITS"]
 #: The values of :attr:`ImageDataset.split` (besides ``None``).
 SPLITS = ("train", "test", "all")
 
+
+def check_split(split: object) -> None:
+    """Raise ``ValueError`` unless `split` is one of :data:`SPLITS`."""
+    if split not in SPLITS:
+        raise ValueError(f"`split` must be one of {SPLITS}; got {split!r}")
+
 #: What :meth:`ImageDataset.subset` accepts.
 Index = Union[int, slice, Tensor, Sequence[int]]
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .builtin import DIGIT_CLASSES
-from .datasets import SPLITS, DataFormatError, ImageDataset
+from .datasets import DataFormatError, ImageDataset, check_split
 
 __all__ = ["load_mnist_idx", "read_idx", "FASHION_MNIST_CLASSES", "IDX_FILES"]
 
@@ -122,8 +122,7 @@ def load_mnist_idx(
 def _load_idx_dataset(
     root: str | os.PathLike, split: str, class_names: Sequence[str], name: str
 ) -> ImageDataset:
-    if split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS}; got {split!r}")
+    check_split(split)
     if isinstance(class_names, (str, bytes)) or not all(isinstance(c, str) for c in class_names):
         raise TypeError(f"`class_names` must be a sequence of str; got {class_names!r}")
     folder = _idx_folder(root)

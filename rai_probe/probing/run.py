@@ -103,6 +103,9 @@ def run_probe(cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequenc
             "mode",
         )
     class_names = list(model.info.class_names)
+    default_names = [str(i) for i in range(model.info.num_classes)]
+    if class_names == default_names and len(data.class_names) == len(class_names):
+        class_names = list(data.class_names)  # e.g. a CIFAR-10 checkpoint that records no names
     log.info(
         "probing %s (%s) with %s on %d %s images (%s mode); outputs in %s",
         cfg["model"].get("name"),
