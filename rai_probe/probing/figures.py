@@ -44,6 +44,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from .artifacts import FIGURES_DIR
+
 __all__ = [
     "heatmap",
     "signed_heatmap",
@@ -413,7 +415,7 @@ def save_batch_grids(
     batches = math.ceil(n / batch_size)
     if batches > max_grids:
         log.info("drawing batch grids for the first %d of %d batches (max_grids)", max_grids, batches)
-    figures_dir = Path(out_dir) / "figures"
+    figures_dir = Path(out_dir) / FIGURES_DIR
 
     def part(x: Tensor | None, start: int, stop: int) -> Tensor | None:
         return None if x is None else x[start:stop]

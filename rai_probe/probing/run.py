@@ -128,6 +128,7 @@ def run_probe(cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequenc
     traces: list[Tensor] = []
     datum_traces: list[Tensor] = []
     show_progress = bool(cfg.get("progress", True))
+    succeeded = 0
     with Progress(rows, "attack", enabled=show_progress) as bar:
         for first in range(0, rows, batch_size):
             part = slice(first, min(first + batch_size, rows))
@@ -141,8 +142,8 @@ def run_probe(cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequenc
             traces.append(result.loss_trace.float())
             if result.datum_loss_trace is not None:
                 datum_traces.append(result.datum_loss_trace.float())
-            done = result.success.float().mean().item()
-            bar.update(part.stop - part.start, success=round(done, 3))
+            succeeded += int(result.success.sum())
+            bar.update(part.stop - part.start, success=round(succeeded / part.stop, 3))  # so far
     xadv = torch.cat(pieces["xadv"])
     adv_logits = torch.cat(pieces["logits"])
     success = torch.cat(pieces["success"])

@@ -63,9 +63,14 @@ def _require(section: Mapping[str, Any], key: str, where: str, hint: str = "") -
     return value
 
 
-def _blame(message: str, where: str, known: tuple[str, ...]) -> str:
-    """The config key a lower-level message names (its first backquoted known name)."""
-    for name in re.findall(r"`(\w+)`", message):
+def _blame(message: str, where: str, known: tuple[str, ...], options: tuple[str, ...] = ()) -> str:
+    """The config key a lower-level message names: its first known name, quoted `x` or ['x'.
+
+    A name in ``options`` is a key of the section's ``options`` mapping.
+    """
+    for name in re.findall(r"(?:`|\[')(\w+)", message):
+        if name in options:
+            return f"{where}.options.{name}"
         if name in known:
             return f"{where}.{name}"
     return where
@@ -96,16 +101,9 @@ def attack_from_config(settings: Mapping[str, Any], *, targeted: bool) -> Attack
     try:
         return Attack.from_dict(values)
     except (TypeError, ValueError) as error:
-        message = str(error)
-        blamed = "attack"
-        for name in re.findall(r"(?:`|\[')(\w+)", message):  # the first setting the message names
-            if name in options and name not in _OPTIMIZER_KEYS:
-                blamed = f"attack.options.{name}"
-                break
-            if name in settings or name in _OPTIMIZER_KEYS:
-                blamed = f"attack.{name}"
-                break
-        raise ProbeConfigError(f"attack: {message}", blamed) from None
+        nested = tuple(key for key in options if key not in _OPTIMIZER_KEYS)
+        blamed = _blame(str(error), "attack", tuple(settings) + _OPTIMIZER_KEYS, nested)
+        raise ProbeConfigError(f"attack: {error}", blamed) from None
 
 
 def model_from_config(settings: Mapping[str, Any], device: torch.device) -> NormalizedModel:
