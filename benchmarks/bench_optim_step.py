@@ -42,9 +42,17 @@ repeat), so a burst of background load hits all of them alike. The table reports
 ``ratio`` is median / median of the floor. The L1q optimizers meet the target
 when ``ratio <= --target`` (default 1.5).
 
+With ``--compare-screening`` every optimizer is also timed with the
+non-finite gradient screening of :mod:`rai_probe.optim.nonfinite` turned off
+(``<name> w/o screening``, the same optimizer with its private
+``_nonfinite_suspended`` flag set, as when an outer optimizer screens for it),
+in the same round-robin, so the policy's cost is read off side by side in one
+process (``screening`` column: median with / median without).
+
 Usage::
 
     python benchmarks/bench_optim_step.py [--device cpu|cuda] [--repeats N] [--q 0.99]
+    python benchmarks/bench_optim_step.py --threads 1 --compare-screening
 
 With the defaults it takes well under two minutes on 2 CPU cores. Timings on a
 shared machine are only meaningful when nothing else is running; the header
@@ -133,7 +141,13 @@ def _optimizers(q: float) -> dict[str, Callable[[torch.Tensor], torch.optim.Opti
     }
 
 
-def _cases(shape: tuple[int, ...], q: float, device: torch.device, gen: torch.Generator):
+UNSCREENED = " w/o screening"
+
+
+def _cases(
+    shape: tuple[int, ...], q: float, device: torch.device, gen: torch.Generator,
+    compare_screening: bool = False,
+):
     """``(name, reset, run)`` triples for one shape and q; ``reset`` runs untimed before ``run``."""
     g0 = torch.randn(shape, generator=gen).to(device)
     n = g0[0].numel()
@@ -155,18 +169,21 @@ def _cases(shape: tuple[int, ...], q: float, device: torch.device, gen: torch.Ge
         ("abs+topk unsorted", touch_rows, lambda: rows.abs().topk(k, dim=1, sorted=False)),
         ("abs+topk sorted", touch_rows, lambda: rows.abs().topk(k, dim=1)),
     ]
+    variants = [("", False)] + ([(UNSCREENED, True)] if compare_screening else [])
     for name, make in _optimizers(q).items():
-        p0 = torch.zeros(shape, device=device)
-        p = p0.clone().requires_grad_(True)
-        p.grad = g0.clone()
-        optim = make(p)
+        for suffix, suspended in variants:
+            p0 = torch.zeros(shape, device=device)
+            p = p0.clone().requires_grad_(True)
+            p.grad = g0.clone()
+            optim = make(p)
+            optim.__dict__["_nonfinite_suspended"] = suspended
 
-        def reset(p=p, p0=p0) -> None:
-            with torch.no_grad():
-                p.copy_(p0)
-                p.grad.copy_(g0)
+            def reset(p=p, p0=p0) -> None:
+                with torch.no_grad():
+                    p.copy_(p0)
+                    p.grad.copy_(g0)
 
-        cases.append((name, reset, optim.step))
+            cases.append((name + suffix, reset, optim.step))
     return k, n, cases
 
 
@@ -205,6 +222,10 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=_machine_cores(), help="torch threads (default: all cores)"
     )
+    parser.add_argument(
+        "--compare-screening", action="store_true",
+        help="also time every optimizer with the non-finite gradient screening turned off",
+    )
     args = parser.parse_args()
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -236,8 +257,9 @@ def main() -> None:
     print()
 
     header = (
-        f"{'shape':<18} {'q':>5} {'n':>7} {'k':>6}  {'variant':<26} "
+        f"{'shape':<18} {'q':>5} {'n':>7} {'k':>6}  {'variant':<40} "
         f"{'median ms':>10} {'min ms':>9} {'ratio':>6}  target"
+        + ("  screening" if args.compare_screening else "")
     )
     print(header)
     print("-" * len(header))
@@ -247,7 +269,7 @@ def main() -> None:
     verdicts = []
     for shape in SHAPES:
         for q in qs:
-            k, n, cases = _cases(shape, q, device, gen)
+            k, n, cases = _cases(shape, q, device, gen, args.compare_screening)
             times = _time_round_robin(cases, device, args.warmup, args.repeats)
             floor = statistics.median(times[FLOOR])
             for name, _, _ in cases:
@@ -259,9 +281,12 @@ def main() -> None:
                     verdicts.append((shape, q, name, ratio, ok))
                 else:
                     verdict = ""
+                screening = ""
+                if args.compare_screening and name + UNSCREENED in times:
+                    screening = f"  {med / statistics.median(times[name + UNSCREENED]):>9.2f}x"
                 print(
-                    f"{str(shape):<18} {q:>5.3g} {n:>7} {k:>6}  {name:<26} "
-                    f"{med:>10.3f} {min(times[name]):>9.3f} {ratio:>6.2f}  {verdict}"
+                    f"{str(shape):<18} {q:>5.3g} {n:>7} {k:>6}  {name:<40} "
+                    f"{med:>10.3f} {min(times[name]):>9.3f} {ratio:>6.2f}  {verdict:<6}{screening}"
                 )
             print()
     met = sum(ok for *_, ok in verdicts)

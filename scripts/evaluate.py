@@ -2,20 +2,15 @@
 
 With no overrides it re-measures the shipped model's recorded accuracies
 (docs/model_card.md). Outputs (config, log, metrics.json with measured and
-recorded numbers) go to Hydra's run directory under outputs/evaluate/.
+recorded numbers) go to Hydra's run directory under outputs/evaluate/. A bad
+setting (including a checkpoint file that holds code, unless
+``trust_checkpoint=true``) exits with status 2 and one paragraph naming the
+override to fix.
 """
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+import sys
 
-from rai_probe.training.run import evaluate_from_config
-
-
-@hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    evaluate_from_config(OmegaConf.to_container(cfg, resolve=True), HydraConfig.get().runtime.output_dir)
-
+from rai_probe.training.run import evaluate_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(evaluate_main())

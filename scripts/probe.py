@@ -11,19 +11,15 @@ Examples::
 
 Outputs (config, log, metrics.json, per_image.csv, perturbations.pt, figures/)
 go to Hydra's run directory (outputs/probe/<time>/) or, with -m, one
-directory per job under outputs/multirun/<time>/.
+directory per job under outputs/multirun/<time>/. A bad setting exits with
+status 2 and one paragraph naming the override to fix; Ctrl-C saves the
+finished images and exits with status 130; a sweep with a failed job exits
+non-zero after all its jobs ran.
 """
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-from rai_probe.probing.cli import probe_main
-
-
-@hydra.main(version_base="1.3", config_path="../configs", config_name="probe")
-def main(cfg: DictConfig) -> None:
-    probe_main(cfg)
-
+from rai_probe.probing.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Adversarially train a classifier: ``python scripts/train.py [overrides]``.
 
-Defaults (configs/train.yaml) train the shipped model: the small CNN on
+Defaults (configs/training/train.yaml) train the shipped model: the small CNN on
 mnist5k with L2 PGD (epsilon 1.5). Examples::
 
     python scripts/train.py attack.norm=none                   # standard training
@@ -8,22 +8,13 @@ mnist5k with L2 PGD (epsilon 1.5). Examples::
     python scripts/train.py model=cifar_resnet18 data=cifar10 data_root=/data/cifar device=cuda
 
 Outputs (config, log, model.pt, history.json, metrics.json) go to Hydra's run
-directory under outputs/train/.
+directory under outputs/train/. A bad setting exits with status 2 and one
+paragraph naming the override to fix.
 """
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+import sys
 
-from rai_probe.training.run import train_from_config
-
-
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
-def main(cfg: DictConfig) -> None:
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    settings["_overrides"] = list(HydraConfig.get().overrides.task)
-    train_from_config(settings, HydraConfig.get().runtime.output_dir)
-
+from rai_probe.training.run import train_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(train_main())

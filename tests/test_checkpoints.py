@@ -39,6 +39,8 @@ from rai_probe.models import (
     register_model,
     save_checkpoint,
 )
+from rai_probe.errors import SettingError, SettingTypeError
+from rai_probe.models import CheckpointNotFoundError, UnreadableCheckpointError, read_torch_file
 from rai_probe.models.checkpoints import FORMAT_TAG, FORMAT_VERSION
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -523,7 +525,7 @@ def test_file_errors(tmp_path):
         load_checkpoint(missing, "small_cnn")
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         read_checkpoint_info(missing)
-    with pytest.raises(CheckpointError, match="not a file"):
+    with pytest.raises(CheckpointError, match="is a directory, not a file"):
         load_checkpoint(tmp_path, "small_cnn")
     (tmp_path / "text.pt").write_bytes(b"hello, not a checkpoint")
     with pytest.raises(CheckpointError, match="could not read .*text.pt as a torch checkpoint"):
@@ -575,25 +577,47 @@ def write_malicious(path, marker, how):
             pickle.dump(Payload(marker), f, protocol=2)
 
 
-@pytest.mark.parametrize("how", ["zip", "legacy", "raw"])
-def test_malicious_pickle_never_runs(tmp_path, how):
-    marker = tmp_path / "pwned"
-    path = tmp_path / f"evil_{how}.pt"
-    write_malicious(path, marker, how)
-    entry_points = [
+def _entry_points(path):
+    return [
         lambda: load_checkpoint(path, "small_cnn"),
         lambda: load_checkpoint(path),                      # format detection from the file alone
         lambda: load_checkpoint(path, "small_cnn", strict=False),
         lambda: detect_format(path),
         lambda: read_checkpoint_info(path),
     ]
-    for call in entry_points:
+
+
+@pytest.mark.parametrize("how", ["zip", "legacy"])
+def test_malicious_pickle_never_runs(tmp_path, how):
+    marker = tmp_path / "pwned"
+    path = tmp_path / f"evil_{how}.pt"
+    write_malicious(path, marker, how)
+    for call in _entry_points(path):
         with pytest.raises(UnsafeCheckpointError) as caught:
             call()
         assert not marker.exists()
         assert str(path) in str(caught.value) and "trust_checkpoint=True" in str(caught.value)
-    if how != "raw":
+        assert caught.value.setting == "trust_checkpoint" and caught.value.value is False
         assert caught.value.global_name in ("posix.mkdir", "os.mkdir", "nt.mkdir")
+        assert caught.value.globals == (caught.value.global_name,)
+
+
+def test_bare_pickle_with_a_payload_is_not_a_checkpoint(tmp_path):
+    """A pickle stream torch.save never writes: even full unpickling could not load it, so trust is never suggested."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil_raw.pt"
+    write_malicious(path, marker, "raw")
+    for call in _entry_points(path):
+        with pytest.raises(CheckpointError) as caught:
+            call()
+        assert not marker.exists()
+        assert type(caught.value) is CheckpointError and caught.value.setting == "checkpoint"
+        message = str(caught.value)
+        assert "trust_checkpoint" not in message and str(path) in message
+        assert "not one torch.save writes" in message and "mkdir`" in message
+    with pytest.raises(CheckpointError, match="not one torch.save writes"):
+        load_checkpoint(path, "small_cnn", trust_checkpoint=True)  # trusting does not unpickle it
+    assert not marker.exists()
 
 
 def test_trusting_a_file_really_unpickles_it(tmp_path):
@@ -619,6 +643,86 @@ def test_whole_pickled_module_needs_trust(tmp_path):
     assert same_logits(loaded, model, images((2, 1, 28, 28)))
 
 
+def test_legacy_format_loads(tmp_path):
+    model = seeded("small_cnn", seed=4)
+    torch.save({"state_dict": model.model.state_dict()}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    assert tmp_path.joinpath("old.pt").read_bytes()[:2] == b"\x80\x02"  # not a zip archive
+    loaded = load_checkpoint(tmp_path / "old.pt", "small_cnn")
+    assert same_logits(loaded, model, images((2, 1, 28, 28)))
+
+
+@pytest.mark.parametrize("value", [1, 0, "true", "yes", None, 1.0, "True"])
+def test_trust_checkpoint_takes_only_a_real_bool(tmp_path, value):
+    import numpy as np
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    write_malicious(path, marker, "zip")
+    for trust in (value, np.bool_(True), torch.tensor(True)):
+        with pytest.raises(TypeError, match="`trust_checkpoint` must be the bool True or False") as caught:
+            load_checkpoint(path, "small_cnn", trust_checkpoint=trust)
+        assert caught.value.setting == "trust_checkpoint"
+        with pytest.raises(TypeError, match="trust_checkpoint"):
+            read_torch_file(path, trust_checkpoint=trust)
+    assert not marker.exists()
+
+
+def test_argument_errors_carry_the_setting(tmp_path):
+    model = seeded("small_cnn")
+    save_checkpoint(model, tmp_path / "own.pt")
+    torch.save(model.model.state_dict(), tmp_path / "plain.pt")
+    torch.save(seeded("small_cnn", num_classes=7).model.state_dict(), tmp_path / "c7.pt")
+    cases = [
+        (lambda: load_checkpoint(tmp_path / "plain.pt"), SettingTypeError, "arch"),
+        (lambda: load_checkpoint(tmp_path / "plain.pt", "resnet9"), SettingError, "arch"),
+        (lambda: load_checkpoint(tmp_path / "plain.pt", 3), SettingTypeError, "arch"),
+        (lambda: load_checkpoint(tmp_path / "plain.pt", "small_cnn", num_classes=0), SettingError, "num_classes"),
+        (lambda: load_checkpoint(tmp_path / "plain.pt", "small_cnn", mean=(0.5, 0.5)), SettingError, "mean"),
+        (lambda: load_checkpoint(tmp_path / "plain.pt", "small_cnn", std=(0.0,)), SettingError, "std"),
+        (lambda: load_checkpoint(tmp_path / "plain.pt", "small_cnn", strict=1), SettingTypeError, "strict"),
+        (lambda: load_checkpoint(tmp_path / "own.pt", class_names="ab"), SettingTypeError, "class_names"),
+        (lambda: load_checkpoint(tmp_path / "own.pt", class_names=("a",)), SettingError, "class_names"),
+        (lambda: load_checkpoint(tmp_path / "own.pt", "madry_mnist_cnn"), CheckpointError, "arch"),
+        (lambda: load_checkpoint(tmp_path / "own.pt", num_classes=3), CheckpointError, "num_classes"),
+        (lambda: load_checkpoint(tmp_path / "own.pt", mean=(0.5,)), CheckpointError, "mean"),
+        (lambda: load_checkpoint(tmp_path / "c7.pt", "small_cnn"), CheckpointMismatchError, "num_classes"),
+        (lambda: load_checkpoint(tmp_path / "plain.pt", "cifar_resnet18"), CheckpointMismatchError, "arch"),
+        (lambda: load_checkpoint(tmp_path / "missing.pt", "small_cnn"), CheckpointNotFoundError, "checkpoint"),
+        (lambda: load_checkpoint(tmp_path, "small_cnn"), UnreadableCheckpointError, "checkpoint"),
+        (lambda: load_checkpoint(42, "small_cnn"), SettingTypeError, "checkpoint"),
+        (lambda: read_checkpoint_info(tmp_path / "plain.pt"), CheckpointError, "checkpoint"),
+    ]
+    for call, error, setting in cases:
+        with pytest.raises(error) as caught:
+            call()
+        assert isinstance(caught.value, SettingError) and isinstance(caught.value, ValueError)
+        assert caught.value.setting == setting, (caught.value, setting)
+    with pytest.raises(CheckpointMismatchError) as caught:
+        load_checkpoint(tmp_path / "c7.pt", "small_cnn")
+    assert caught.value.value == 7  # the file's number of outputs: what num_classes must be
+
+
+def test_errors_survive_pickling(tmp_path):
+    """Errors cross process boundaries (submitit, joblib) with their class, message and data."""
+    marker = tmp_path / "pwned"
+    write_malicious(tmp_path / "evil.pt", marker, "zip")
+    torch.save(seeded("small_cnn", num_classes=7).model.state_dict(), tmp_path / "c7.pt")
+    calls = [
+        lambda: load_checkpoint(tmp_path / "evil.pt", "small_cnn"),
+        lambda: load_checkpoint(tmp_path / "c7.pt", "small_cnn"),
+        lambda: load_checkpoint(tmp_path / "nope.pt", "small_cnn"),
+        lambda: load_checkpoint(tmp_path, "small_cnn"),
+    ]
+    for call in calls:
+        with pytest.raises(CheckpointError) as caught:
+            call()
+        copy = pickle.loads(pickle.dumps(caught.value))
+        assert type(copy) is type(caught.value) and str(copy) == str(caught.value)
+        assert copy.setting == caught.value.setting
+        for name in ("global_name", "globals", "missing", "mismatched", "path", "reason"):
+            assert getattr(copy, name, None) == getattr(caught.value, name, None)
+
+
 def test_trust_on_a_safe_file_stays_on_the_safe_path(tmp_path):
     model = seeded("small_cnn")
     save_checkpoint(model, tmp_path / "m.pt")
@@ -626,3 +730,68 @@ def test_trust_on_a_safe_file_stays_on_the_safe_path(tmp_path):
         warnings.simplefilter("error")  # no "fully unpickling" warning: weights_only sufficed
         loaded = load_checkpoint(tmp_path / "m.pt", trust_checkpoint=True)
     assert same_logits(loaded, model, images((2, 1, 28, 28)))
+
+
+# --------------------------------------------------------------------------- #
+# file modes of what is written (rai_probe._io.write_atomic, used by every writer)
+# --------------------------------------------------------------------------- #
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, and restore it."""
+    saved = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(saved)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664), (0o000, 0o666)])
+def test_saved_files_get_the_mode_open_would_give(tmp_path, umask, mask, mode):
+    import stat
+
+    from rai_probe._io import current_umask, write_atomic, write_json
+
+    umask(mask)
+    assert current_umask() == mask
+    save_checkpoint(seeded("small_cnn"), tmp_path / "m.pt")
+    write_atomic(tmp_path / "a.txt", "x")
+    write_json(tmp_path / "m.json", {"a": 1})
+    with open(tmp_path / "plain.txt", "w") as file:  # the reference: a normal open
+        file.write("x")
+    for name in ("m.pt", "a.txt", "m.json", "plain.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "m.json", "m.pt", "plain.txt"]
+
+
+def test_replacing_a_file_keeps_its_mode_like_open_does(tmp_path, umask):
+    import stat
+
+    from rai_probe._io import write_atomic
+
+    umask(0o022)
+    path = write_atomic(tmp_path / "a.txt", "one")
+    path.chmod(0o640)
+    write_atomic(path, "two")
+    assert path.read_text() == "two" and stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_umask_is_read_without_proc_too(tmp_path, umask, monkeypatch):
+    import rai_probe._io as io_module
+
+    umask(0o027)
+    monkeypatch.setattr(io_module, "_PROC_STATUS", str(tmp_path / "missing"))
+    assert io_module.current_umask() == 0o027
+    assert io_module.current_umask() == 0o027  # the fallback restored it
+    assert os.umask(0o027) == 0o027
+
+
+def test_a_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path):
+    from rai_probe._io import write_atomic
+
+    path = write_atomic(tmp_path / "a.txt", "old")
+
+    def broken(file):
+        file.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomic(path, save=broken)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]

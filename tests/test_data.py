@@ -889,3 +889,65 @@ def test_registry_errors(monkeypatch):
     custom = ImageDataset(torch.zeros(1, 1, 1, 1), None, (), "mine")
     monkeypatch.setitem(DATASETS, "mine", lambda: custom)
     assert load_dataset("mine") is custom
+
+
+# ---------------------------------------------------------------------------
+# errors carry the setting to fix
+
+
+def test_errors_name_the_setting(tmp_path):
+    from rai_probe.data import DataNotFoundError, UnreadableDataError
+    from rai_probe.errors import UNSET, SettingError, SettingTypeError, UnknownSettingError
+
+    images, labels = mnist_arrays()
+    write_mnist(tmp_path / "mnist", images, labels)
+    save_png(tmp_path / "pics" / "a.png", np.zeros((2, 2), np.uint8))
+    save_png(tmp_path / "pics" / "b.png", np.zeros((3, 2), np.uint8))
+    cases = [
+        (lambda: load_dataset("imagenet"), SettingError, "name", "imagenet"),
+        (lambda: load_dataset("cifar10"), SettingTypeError, "root", UNSET),
+        (lambda: load_dataset("noise", image_shape=(1, 2, 2)), SettingTypeError, "n", UNSET),
+        (lambda: load_dataset("digits", splt="all"), UnknownSettingError, "splt", "all"),
+        (lambda: load_dataset("mnist5k", split="val"), SettingError, "split", "val"),
+        (lambda: load_dataset("mnist", root=tmp_path / "mnist", class_names=("a",)), DataFormatError, "class_names", ("a",)),
+        (lambda: load_dataset("mnist", root=tmp_path / "mnist", class_names="ab"), SettingTypeError, "class_names", "ab"),
+        (lambda: load_dataset("mnist", root=tmp_path / "nope"), DataNotFoundError, "root", str(tmp_path / "nope")),
+        (lambda: load_dataset("mnist", root=3), SettingTypeError, "root", 3),
+        (lambda: load_dataset("folder", root=tmp_path / "pics"), SettingError, "size", None),
+        (lambda: load_dataset("folder", root=tmp_path / "pics", size=0), SettingError, "size", 0),
+        (lambda: load_dataset("folder", root=tmp_path / "pics", size=1.5), SettingTypeError, "size", 1.5),
+        (lambda: load_dataset("folder", root=tmp_path / "pics", mode="rgb"), SettingError, "mode", "rgb"),
+        (lambda: load_dataset("folder", root=tmp_path / "pics", extensions=()), SettingError, "extensions", ()),
+        (lambda: load_dataset("gray", n=1, image_shape=(1, 1, 1), level=2), SettingError, "level", 2),
+        (lambda: load_dataset("noise", n=0, image_shape=(1, 1, 1)), SettingError, "n", 0),
+        (lambda: toy().per_class(5), SettingError, "n", 5),
+        (lambda: toy().subset(99), SettingError, "index", UNSET),
+    ]
+    for call, error, setting, value in cases:
+        with pytest.raises(error) as caught:
+            call()
+        assert isinstance(caught.value, ValueError)
+        assert caught.value.setting == setting, (caught.value, setting)
+        if value is not UNSET or error is SettingTypeError:
+            assert caught.value.value == value, (caught.value, value)
+    with pytest.raises(FileNotFoundError):  # still a FileNotFoundError
+        load_dataset("cifar10", root=tmp_path / "nope")
+    assert issubclass(UnreadableDataError, OSError) and issubclass(DataNotFoundError, FileNotFoundError)
+
+
+def test_data_errors_survive_pickling(tmp_path):
+    from rai_probe.data import DataNotFoundError
+
+    calls = [
+        lambda: load_mnist_idx(tmp_path / "nope"),
+        lambda: read_idx(tmp_path),  # a folder
+    ]
+    (tmp_path / "bad").write_bytes(b"\0\0")
+    calls.append(lambda: read_idx(tmp_path / "bad"))
+    for call in calls:
+        with pytest.raises(DataFormatError) as caught:
+            call()
+        copy = pickle.loads(pickle.dumps(caught.value))
+        assert type(copy) is type(caught.value) and str(copy) == str(caught.value)
+        assert (copy.setting, copy.value) == (caught.value.setting, caught.value.value)
+    assert isinstance(pickle.loads(pickle.dumps(DataNotFoundError("x", path="/p"))), FileNotFoundError)

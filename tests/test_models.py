@@ -521,10 +521,49 @@ def test_shipped_default_model():
 
 
 def test_shipped_default_model_reproduces_its_clean_accuracy():
+    """The recorded accuracy is re-measured up to the predictions float rounding can flip.
+
+    Logits differ in their last bits between CPUs (Intel / AMD kernels, batch
+    sizes), so only an image whose two best logits are within rounding of each
+    other may be classified differently here than when the metric was
+    recorded: the count of correct images may differ by at most the number of
+    such near ties (in practice zero), never more.
+    """
     from rai_probe.data import load_mnist5k
 
     model = load_pretrained()
     test = load_mnist5k("test")
     with torch.no_grad():
-        accuracy = (model(test.images).argmax(1) == test.labels).float().mean().item()
-    assert accuracy == pytest.approx(model.info.metrics["clean_accuracy"], abs=1e-9)
+        logits = model(test.images)
+    top2 = logits.topk(2, dim=1).values
+    near_ties = int(((top2[:, 0] - top2[:, 1]) <= 1e-3 * (1 + top2[:, 0].abs())).sum())
+    correct = int((logits.argmax(1) == test.labels).sum())
+    n = model.info.metrics["n"]
+    assert n == len(test) == 1000
+    recorded = round(model.info.metrics["clean_accuracy"] * n)
+    assert abs(correct - recorded) <= near_ties
+    assert near_ties <= 10  # a handful at most: the check above stays meaningful
+
+
+def test_build_model_errors_name_the_setting():
+    from rai_probe.errors import SettingError, SettingTypeError
+
+    cases = [
+        (lambda: build_model("resnet18"), SettingError, "arch", "resnet18"),
+        (lambda: build_model(3), SettingTypeError, "arch", 3),
+        (lambda: build_model("small_cnn", num_classes=0), SettingError, "num_classes", 0),
+        (lambda: build_model("small_cnn", num_classes=2.0), SettingTypeError, "num_classes", 2.0),
+        (lambda: build_model("small_cnn", class_names="ab"), SettingTypeError, "class_names", "ab"),
+        (lambda: build_model("small_cnn", num_classes=3, class_names=("a",)), SettingError, "class_names", ("a",)),
+        (lambda: build_model("small_cnn", input_shape=(1, 32, 32)), SettingError, "input_shape", (1, 32, 32)),
+        (lambda: build_model("cifar_resnet18", mean=(0.5,)), SettingError, "mean", (0.5,)),
+        (lambda: build_model("cifar_resnet18", std=(0.5, 0.5, 0.0)), SettingError, "std", (0.5, 0.5, 0.0)),
+        (lambda: build_model("small_cnn", mean="0.5"), SettingTypeError, "mean", "0.5"),
+        (lambda: pretrained_path("nope"), SettingError, "pretrained", "nope"),
+        (lambda: load_pretrained("nope"), SettingError, "pretrained", "nope"),
+    ]
+    for call, error, setting, value in cases:
+        with pytest.raises(error) as caught:
+            call()
+        assert isinstance(caught.value, ValueError)
+        assert (caught.value.setting, caught.value.value) == (setting, value), caught.value

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from probe_config import base_config
 from rai_probe.models import build_model, load_pretrained
 from rai_probe.probing.artifacts import (
     job_status,
@@ -139,7 +140,9 @@ def test_multirun_basic_launcher_and_report(tmp_path):
 def test_multirun_failed_job_keeps_the_others(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(PROBE, "-m", "+attack=l1q", "attack.q=0.9,1.5", *FAST, f"hydra.sweep.dir={sweep}")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the sweep had a failed job: not a success
+    assert "1 of 2 jobs of the sweep did not complete: job 1 failed" in result.stderr
+    assert "Traceback" not in result.stderr
     assert job_status(sweep / "0") == "complete"
     assert job_status(sweep / "1") == "failed"
     assert "attack.q" in (sweep / "1" / "error.txt").read_text()
@@ -204,29 +207,6 @@ def test_unknown_attack_name_is_hydras_listing(tmp_path):
     assert "l1q" in result.stderr  # Hydra lists the available options
 
 
-def base_config(**changes):
-    config = {
-        "seed": 0,
-        "device": "cpu",
-        "threads": None,
-        "n_images": 2,
-        "batch_size": 64,
-        "progress": False,
-        "figures": {"max_grids": 1, "images_per_grid": 2},
-        "model": {"name": "small_cnn_mnist5k_l2", "pretrained": "small_cnn_mnist5k_l2"},
-        "data": {"name": "mnist5k", "split": "test"},
-        "mode": {"name": "explain", "targeted": False, "target": None},
-        "attack": {"name": "l1q", "optimizer": "L1qFrankWolfe", "epsilon": 20.0, "q": 0.99, "steps": 2},
-    }
-    for key, value in changes.items():
-        section, _, field = key.partition("__")
-        if field:
-            config[section] = dict(config[section], **{field: value})
-        else:
-            config[section] = value
-    return config
-
-
 @pytest.fixture(scope="module")
 def mismatched_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "small_cnn_plain.pt"
@@ -270,8 +250,9 @@ def test_checkpoint_that_does_not_fit_the_architecture(tmp_path, mismatched_chec
     config = base_config(model={"name": "cifar_resnet18", "arch": "cifar_resnet18", "checkpoint": str(mismatched_checkpoint)})
     with pytest.raises(ProbeConfigError) as caught:
         run_probe(config, tmp_path / "job")
-    assert caught.value.override == "model.checkpoint"
-    assert "does not fit" in str(caught.value) and "missing" in str(caught.value).lower()
+    assert caught.value.override == "model.arch"  # no key of the file fits: the wrong architecture, or file
+    message = str(caught.value)
+    assert "cannot be used" in message and "missing" in message.lower() and str(mismatched_checkpoint) in message
 
 
 def test_rerun_in_the_same_directory_is_not_complete_until_it_finishes(tmp_path):

@@ -301,32 +301,47 @@ def test_truncation_radius_grows_like_sqrt_sigma():
     seed=st.integers(0, 2**31),
 )
 def test_direct_and_fft_paths_match_dense_solve(n, rows, sigma, dtype, seed):
-    """Both solvers are exact to rounding: a few eps of max|g| from the dense solution."""
+    """Both solvers are exact to rounding, each within its own error bound of the dense solution.
+
+    The direct path's error is a few eps of max|g|. The FFT's roundoff grows
+    like ``log2(n)`` times the row's L2 norm (not its max), and its exact
+    bits depend on the FFT library's code path for this CPU (vector width,
+    radix order): the bound below holds for any of them.
+    """
     g = torch.randn(rows, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     g = g.to(dtype)
     scale = float(g.abs().max())
     eps = torch.finfo(dtype).eps
     exact = dense_solve(g, sigma)  # of the rounded input; the solve's own error is ~(1 + 4σ) eps64
     tol = (8 * eps + 4 * (1 + 4 * sigma) * torch.finfo(torch.float64).eps) * scale
+    fft_roundoff = 4 * eps * math.ceil(math.log2(n)) * float(g.double().norm(dim=1).max())
     direct, fft = smooth_with("direct", g, sigma), smooth_with("fft", g, sigma)
     assert direct.dtype == fft.dtype == dtype
     torch.testing.assert_close(direct.double(), exact, rtol=0, atol=tol)
-    torch.testing.assert_close(fft.double(), exact, rtol=0, atol=tol)
-    torch.testing.assert_close(direct.double(), fft.double(), rtol=0, atol=8 * eps * scale)
+    torch.testing.assert_close(fft.double(), exact, rtol=0, atol=tol + fft_roundoff)
+    torch.testing.assert_close(direct.double(), fft.double(), rtol=0, atol=8 * eps * scale + fft_roundoff)
 
 
 @pytest.mark.parametrize("n", [4096, 20_011, 2**15 + 5])  # whole blocks, a prime, a partial block
 @pytest.mark.parametrize("sigma", [0.5, 10.0, 200.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_direct_path_on_long_rings_equals_fft(n, sigma, dtype):
+    """Each path against a float64 reference computed by the *other* path (an independent check).
+
+    The direct path is held to a few eps of max|g|; the FFT's roundoff grows like log2(n)
+    times the row's L2 norm and depends on the FFT library's code path for the CPU, so it
+    gets the bound of ``test_direct_and_fft_paths_match_dense_solve`` on top.
+    """
     g = torch.randn(2, n, generator=torch.Generator().manual_seed(n), dtype=dtype)
-    reference = smooth_with("fft", g.double(), sigma)  # float64 FFT of the same input
     scale, eps = float(g.abs().max()), torch.finfo(dtype).eps
+    fft_roundoff = 4 * eps * math.ceil(math.log2(n)) * float(g.double().norm(dim=1).max())
+    references = {"direct": smooth_with("fft", g.double(), sigma), "fft": smooth_with("direct", g.double(), sigma)}
+    tolerances = {"direct": 8 * eps * scale, "fft": 8 * eps * scale + fft_roundoff}
     for path in ["direct", "fft"]:
         for rows in [g, g[:1]]:  # batched, and a single ring (written in place)
             out = smooth_with(path, rows, sigma)
             torch.testing.assert_close(
-                out.double(), reference[: len(rows)], rtol=0, atol=8 * eps * scale
+                out.double(), references[path][: len(rows)], rtol=0, atol=tolerances[path]
             )
 
 

@@ -217,7 +217,9 @@ def test_result_fields_on_a_classifier(clf):
     assert torch.allclose(result.loss_trace, result.datum_loss_trace.sum(1), rtol=1e-5)
     assert result.loss_trace[0] == pytest.approx(float(clf.losses(clf.x, clf.y).sum()), rel=1e-5)
     assert result.success.dtype == torch.bool and result.success.shape == (n,)
-    assert torch.equal(result.success, logits.argmax(1) != clf.y)
+    # success is the result's own logits' verdict (a recomputed forward may differ in the
+    # last bits on another CPU and flip a near-tie, so it is only compared with allclose above)
+    assert torch.equal(result.success, result.logits.argmax(1) != clf.y)
     assert result.first_success_step.dtype == torch.int64
     assert result.first_success_step.shape == (n,)
     assert result.steps_run == steps
@@ -341,6 +343,12 @@ USE_BEST_ATTACKS = {
 }
 
 
+#: Where the best iterate beats the last one by far more than rounding (gains of 0.1 to 0.9
+#: in cross-entropy on the development machine); elsewhere (L1q Frank-Wolfe, targeted L2)
+#: the gains are at most ~1e-3 or zero, and only ``gain >= 0`` is asserted.
+OVERSHOOTING = {("L2ProjectedOptim", False), ("LinfProjectedOptim", False), ("LinfProjectedOptim", True)}
+
+
 @pytest.mark.parametrize("data_range", [None, (0.0, 1.0)], ids=["no-range", "range"])
 @pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
 @pytest.mark.parametrize("name", list(USE_BEST_ATTACKS))
@@ -363,10 +371,10 @@ def test_use_best_is_never_worse_than_the_final_iterate(clf, name, targeted, dat
         logits = clf.net(best.xadv)
     assert torch.allclose(best.logits, logits, atol=1e-5)
     assert torch.allclose(best.losses, CE(logits, target, reduction="none"), rtol=1e-4, atol=1e-6)
-    predicted = logits.argmax(1)
+    predicted = best.logits.argmax(1)  # the verdict on the returned logits themselves
     assert torch.equal(best.success, predicted == target if targeted else predicted != target)
-    if name != "L1qFrankWolfe":  # these overshoot: use_best must matter somewhere
-        assert bool((gain > 0).any())
+    if (name, targeted) in OVERSHOOTING:  # large steps overshoot here: use_best must matter
+        assert bool((gain > 1e-2).any()), f"largest gain {float(gain.max())}"
 
 
 # --------------------------------------------------------------------------- #
@@ -846,9 +854,15 @@ def test_early_stop_freezes_finished_data_and_ends_the_run(clf, targeted):
 def test_early_stop_without_full_success_runs_every_step(clf):
     spy = Recorder(clf.net)
     steps = 10
+    # half the data get a radius far too small to change any prediction (every logit margin
+    # is >= 1, and 1e-6 per pixel moves a logit by at most ~1e-6 * |W|_1), so the run can
+    # never end early, whichever CPU decides the near-ties of the others
+    n = len(clf.y)
+    epsilon = torch.where(torch.arange(n) % 2 == 0, 0.3, 1e-6)
     result = gradient_ascent(model=spy, data=clf.x, target=clf.y, optimizer=LinfProjectedOptim,
-                             epsilon=0.1, lr=0.02, steps=steps, data_range=(0.0, 1.0), early_stop=True)
-    assert 0 < int(result.success.sum()) < len(clf.y), "the setting should fool some, not all"
+                             epsilon=epsilon, lr=0.05, steps=steps, data_range=(0.0, 1.0), early_stop=True)
+    assert not bool(result.success[1::2].any()), "a radius of 1e-6 cannot fool the model"
+    assert bool(result.success[0::2].any()), "a radius of 0.3 should fool some"
     assert result.steps_run == steps
     assert len(spy.inputs) == steps + 1
     assert result.loss_trace.shape == (steps + 1,)
@@ -909,11 +923,21 @@ def test_random_restart_keeps_each_datums_best(clf, targeted):
         assert bool((gain >= 0).all())
 
 
-def test_random_restart_pads_the_traces_of_runs_that_stop_early(clf):
+def _climber(x):
+    """Two classes: logit 1 is x itself (one feature), so class 1 wins once x > 0."""
+    return torch.cat([torch.zeros_like(x), x], dim=1)
+
+
+def test_random_restart_pads_the_traces_of_runs_that_stop_early():
+    # each datum climbs from a seeded random start in [-1, 1) by 0.125 per step (SGD on
+    # logit 1: elementwise, correctly rounded, the same on every CPU) until x > 0, so a run
+    # stops after about -min(start) / 0.125 steps, different for the three seeded restarts
     gen = torch.Generator()
-    start = partial(AdditivePerturbation, init_fn=uniform_like_l2_n_ball_, epsilon=2.0, generator=gen)
-    kwargs = dict(model=clf.net, data=clf.x, target=clf.y, optimizer=L2ProjectedOptim, epsilon=4.0,
-                  lr=0.5, steps=40, perturbation_model=start, early_stop=True)
+    start = partial(AdditivePerturbation, init_fn=uniform_like_linf_n_ball_, epsilon=1.0,
+                    generator=gen, param_ndim=0)
+    kwargs = dict(model=_climber, data=torch.zeros(4, 1), target=torch.zeros(4, dtype=torch.long),
+                  optimizer=torch.optim.SGD, lr=0.125, steps=40, perturbation_model=start,
+                  criterion=lambda logits, target: logits[:, 1], early_stop=True)
     gen.manual_seed(2)
     result = random_restart(gradient_ascent, 3)(**kwargs)
     gen.manual_seed(2)

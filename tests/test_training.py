@@ -28,8 +28,8 @@ What is checked, in the order of the file:
   hypothesis property), the model's mode and ``requires_grad`` flags are
   restored, seeded results repeat, ``targeted`` is ignored;
 * ``training_attack`` / ``eval_attacks`` (exact attacks, the shipped
-  configs/eval_attacks/mnist.yaml) and ``train_from_config`` end to end on a
-  tiny mnist5k run composed from configs/train.yaml: the files it writes, the
+  configs/training/eval_attacks/mnist.yaml) and ``train_from_config`` end to end on a
+  tiny mnist5k run composed from configs/training/train.yaml: the files it writes, the
   checkpoint gives the trained model's logits exactly, its recorded
   ``training`` / ``metrics`` match the recipe, ``metrics.json`` and
   ``history.json``, and ``evaluate`` on the checkpoint reproduces the recorded
@@ -67,7 +67,7 @@ from rai_probe.training import (
 from rai_probe.training import run as training_run
 from rai_probe.training.run import eval_attacks, train_from_config, training_attack
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs" / "training"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -627,7 +627,7 @@ TINY_RUN = [
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """configs/train.yaml (small_cnn, mnist5k, L2 PGD) on 128 images for one epoch; the model it saved."""
+    """configs/training/train.yaml (small_cnn, mnist5k, L2 PGD) on 128 images for one epoch; the model it saved."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -657,7 +657,7 @@ def test_train_from_config_writes_its_files(tiny_run):
     run = out / "run"
     assert {p.name for p in run.iterdir()} >= {"model.pt", "history.json", "metrics.json"}
     assert (out / "exported.pt").read_bytes() == (run / "model.pt").read_bytes()
-    assert json.loads((run / "metrics.json").read_text()) == json.loads(json.dumps(report))
+    assert json.loads((run / "metrics.json").read_text()) == {"status": "complete", **json.loads(json.dumps(report))}
     assert report["n"] == 40 and report["eval_split"] == "test"
     assert set(report["robust_accuracy"]) == set(cfg["eval_attacks"]) == set(report["attacks"])
     assert report["attacks"]["l1_eps10"] == eval_attacks(cfg["eval_attacks"])["l1_eps10"].to_dict()
@@ -680,6 +680,7 @@ def test_checkpoint_records_recipe_metrics_and_history(tiny_run):
     info = load_checkpoint(out / "run" / "model.pt").info
     metrics = json.loads((out / "run" / "metrics.json").read_text())
     history = json.loads((out / "run" / "history.json").read_text())
+    assert metrics.pop("status") == "complete"  # metrics.json, written last, marks the job complete
     assert json.loads(json.dumps(info.metrics)) == metrics
     training = json.loads(json.dumps(info.training))
     recipe = TrainingRecipe(

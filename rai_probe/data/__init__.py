@@ -15,9 +15,13 @@ class names.
 * Seeds for concept probing: :func:`make_seeds` (``noise``, ``gray``).
 * By name: :func:`load_dataset` and the :data:`DATASETS` registry.
 
-Missing files raise :class:`FileNotFoundError`, malformed ones
-:class:`DataFormatError` (a :class:`ValueError`); both name the path and the
-expected format. See docs/data.md.
+Missing files raise :class:`DataNotFoundError` (a :class:`FileNotFoundError`),
+unreadable ones :class:`UnreadableDataError` (an :class:`OSError`), malformed
+ones :class:`DataFormatError`; all three are
+:class:`~rai_probe.errors.SettingError` s (``ValueError``) with
+``setting="root"``, and name the path, the cause and the expected format.
+Declared sizes are checked before data is read or decompressed. See
+docs/data.md.
 
 Examples
 --------
@@ -29,7 +33,7 @@ Examples
 
 from .builtin import DIGIT_CLASSES, load_digits, load_mnist5k
 from .cifar import CIFAR10_CLASSES, RestrictedUnpickler, load_cifar10
-from .datasets import DataFormatError, ImageDataset
+from .datasets import DataFormatError, DataNotFoundError, ImageDataset, UnreadableDataError
 from .folder import IMAGE_EXTENSIONS, load_image_folder
 from .idx import FASHION_MNIST_CLASSES, load_mnist_idx, read_idx
 from .registry import DATASETS, DEFAULT_DATASET, load_dataset
@@ -38,6 +42,8 @@ from .seeds import make_seeds
 __all__ = [
     "ImageDataset",
     "DataFormatError",
+    "UnreadableDataError",
+    "DataNotFoundError",
     "load_mnist5k",
     "load_digits",
     "load_mnist_idx",

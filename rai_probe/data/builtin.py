@@ -177,12 +177,16 @@ def _read_digit_csv(path: str, columns: int, max_pixel: int) -> tuple[np.ndarray
         with open(path, "rb") as file:
             text = gzip.decompress(file.read())
     except (zlib.error, gzip.BadGzipFile, EOFError) as err:
-        raise DataFormatError(f"{path}: not a valid gzip file ({err}); {expected}") from None
+        raise DataFormatError(
+            f"{path}: not a valid gzip file ({err}); {expected}",
+            setting=None,
+            value=str(path),
+        ) from None
     if b"\r" in text:
         text = text.replace(b"\r", b"")
     text = text.strip()
     if not text:
-        raise DataFormatError(f"{path}: holds no rows; {expected}")
+        raise DataFormatError(f"{path}: holds no rows; {expected}", setting=None, value=str(path))
     lines = text.split(b"\n")
     commas = np.fromiter(
         map(bytes.count, lines, itertools.repeat(b",")), dtype=np.int64, count=len(lines)
@@ -191,22 +195,32 @@ def _read_digit_csv(path: str, columns: int, max_pixel: int) -> tuple[np.ndarray
     if bad_rows.size:
         row = int(bad_rows[0])
         raise DataFormatError(
-            f"{path}: row {row + 1} has {int(commas[row]) + 1} values; {expected}"
+            f"{path}: row {row + 1} has {int(commas[row]) + 1} values; {expected}",
+            setting=None, value=str(path),
         )
     try:
         values = np.fromstring(b",".join(lines), dtype=np.int64, sep=",")
     except ValueError:
         values = None
     if values is None or values.size != len(lines) * columns:
-        raise DataFormatError(f"{path}: holds values that are not integers; {expected}")
+        raise DataFormatError(
+            f"{path}: holds values that are not integers; {expected}",
+            setting=None,
+            value=str(path),
+        )
     table = values.reshape(len(lines), columns)
     pixels, labels = table[:, :-1], table[:, -1]
     if pixels.min() < 0 or pixels.max() > max_pixel:
         raise DataFormatError(
-            f"{path}: pixel values in [{pixels.min()}, {pixels.max()}]; {expected}"
+            f"{path}: pixel values in [{pixels.min()}, {pixels.max()}]; {expected}",
+            setting=None, value=str(path),
         )
     if labels.min() < 0 or labels.max() > 9:
-        raise DataFormatError(f"{path}: labels in [{labels.min()}, {labels.max()}]; {expected}")
+        raise DataFormatError(
+            f"{path}: labels in [{labels.min()}, {labels.max()}]; {expected}",
+            setting=None,
+            value=str(path),
+        )
     pixels = pixels.astype(np.uint8)
     labels = np.ascontiguousarray(labels)
     pixels.flags.writeable = False

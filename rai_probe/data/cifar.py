@@ -31,6 +31,7 @@ Examples
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 from pathlib import Path
@@ -39,9 +40,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from .datasets import DataFormatError, ImageDataset, check_split
+from .datasets import (
+    DataFormatError,
+    DataNotFoundError,
+    ImageDataset,
+    UnreadableDataError,
+    check_split,
+    checked_folder,
+    open_data_file,
+)
 
-__all__ = ["load_cifar10", "load_cifar_batch", "RestrictedUnpickler", "CIFAR10_CLASSES"]
+__all__ = [
+    "load_cifar10",
+    "load_cifar_batch",
+    "RestrictedUnpickler",
+    "CIFAR10_CLASSES",
+    "MAX_BATCH_BYTES",
+]
+
+#: The largest CIFAR python file that is read (a real batch is 31 MB; CIFAR-100's single
+#: training file 155 MB).
+MAX_BATCH_BYTES = 512 * 2**20
 
 #: The standard CIFAR-10 class names, used when ``batches.meta`` is absent.
 CIFAR10_CLASSES = (
@@ -84,12 +103,66 @@ def _numpy_function(module: str, name: str) -> Any:
 def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     """``_codecs.encode`` as protocol-2 pickles of ``bytes`` use it: latin-1 only."""
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
+        shown = repr(encoding) if isinstance(encoding, str) and len(encoding) < 40 else type(encoding).__name__
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {shown} is not allowed")
     return text.encode("latin1")
 
 
+class _NdarrayType:
+    """Stands for ``numpy.ndarray`` in a pickle: accepted only as ``_reconstruct``'s first argument.
+
+    The real class would let a ``NEWOBJ`` opcode allocate an array of any
+    declared shape; this stand-in is neither callable nor a type.
+    """
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+
+_NDARRAY = _NdarrayType()
+
+
+def _bounded_reconstruct(reconstruct: Any) -> Any:
+    def guarded(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        """numpy's ``_reconstruct`` for the empty start array numpy's pickles always use.
+
+        numpy pickles an array as ``_reconstruct(ndarray, (0,), b"b")`` and then
+        sets its content from the file's bytes (``BUILD``, which checks the
+        length); a non-empty shape here would allocate memory the file never
+        filled, so it is refused.
+        """
+        if subtype is not _NDARRAY:
+            raise pickle.UnpicklingError("_reconstruct of another type than numpy.ndarray")
+        if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):
+            raise pickle.UnpicklingError("_reconstruct with a shape that is not a tuple of ints >= 0")
+        if math.prod(shape) != 0:
+            raise pickle.UnpicklingError(
+                f"_reconstruct with the non-empty shape {shape}: numpy's pickles start from an "
+                "empty array and fill it from the file"
+            )
+        return reconstruct(np.ndarray, shape, dtype)
+
+    return guarded
+
+
+def _from_text_only(kind: type) -> Any:
+    """``bytes`` / ``bytearray`` / ``str`` built from text or bytes only: ``bytes(10**12)`` is refused."""
+
+    def build(*args: Any) -> Any:
+        if args and not isinstance(args[0], (str, bytes, bytearray)):
+            raise pickle.UnpicklingError(
+                f"{kind.__name__}() of a {type(args[0]).__name__} (only text or bytes are allowed)"
+            )
+        if any(not isinstance(a, str) for a in args[1:]):
+            raise pickle.UnpicklingError(f"{kind.__name__}() with a non-str encoding")
+        return kind(*args)
+
+    build.__name__ = kind.__name__
+    return build
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    reconstruct = _numpy_function("multiarray", "_reconstruct")
+    reconstruct = _bounded_reconstruct(_numpy_function("multiarray", "_reconstruct"))
     frombuffer = _numpy_function("numeric", "_frombuffer")
     scalar = _numpy_function("multiarray", "scalar")
     allowed: dict[tuple[str, str], Any] = {("_codecs", "encode"): _latin1_encode}
@@ -97,11 +170,14 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         allowed[(f"{prefix}.multiarray", "_reconstruct")] = reconstruct
         allowed[(f"{prefix}.multiarray", "scalar")] = scalar
         allowed[(f"{prefix}.numeric", "_frombuffer")] = frombuffer
-    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "ndarray")] = _NDARRAY
     allowed[("numpy", "dtype")] = np.dtype
-    for container in (list, tuple, dict, set, frozenset, bytearray, bytes, str, int, float, bool):
+    for container in (list, tuple, dict, set, frozenset, int, float, bool):
         allowed[("builtins", container.__name__)] = container
         allowed[("__builtin__", container.__name__)] = container  # Python 2 pickles
+    for text in (bytearray, bytes, str):
+        allowed[("builtins", text.__name__)] = _from_text_only(text)
+        allowed[("__builtin__", text.__name__)] = allowed[("builtins", text.__name__)]
     return allowed
 
 
@@ -125,6 +201,14 @@ class RestrictedUnpickler(pickle.Unpickler):
     ``float``, ``bool``; also under Python 2's ``__builtin__``) and
     ``_codecs.encode`` restricted to latin-1 (how protocol-2 pickles written
     by Python 3 store ``bytes``). Persistent ids are refused too.
+
+    The allowed callables cannot allocate memory the file does not hold:
+    ``_reconstruct`` accepts only the empty start array numpy's pickles use
+    (the content comes from the file's bytes, whose length numpy checks),
+    ``numpy.ndarray`` resolves to a stand-in that only ``_reconstruct``
+    accepts (so ``NEWOBJ`` cannot allocate an array of a declared shape), and
+    ``bytes`` / ``bytearray`` / ``str`` take text or bytes only (not
+    ``bytes(10**12)``).
 
     Use ``encoding="bytes"`` for the Python 2 pickles of CIFAR: their ``str``
     keys then load as ``bytes`` (``b"data"``).
@@ -192,21 +276,38 @@ def load_cifar_batch(path: str | os.PathLike) -> Any:
     {'label_names': ['cat', 'dog']}
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file; {_EXPECTED}") from None
+    with open_data_file(path, _EXPECTED) as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > MAX_BATCH_BYTES:
+            raise DataFormatError(
+                f"{path}: {size} bytes, more than the limit of {MAX_BATCH_BYTES} bytes for a "
+                f"CIFAR python file (rai_probe.data.cifar.MAX_BATCH_BYTES; a real batch is 31 MB); "
+                f"{_EXPECTED}",
+                value=str(path),
+            )
+        try:
+            raw = file.read(MAX_BATCH_BYTES + 1)
+        except OSError as err:
+            raise UnreadableDataError(
+                f"{path}: reading failed ({err}); {_EXPECTED}",
+                path=path,
+                cause=err,
+            ) from None
     try:
         return RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except _Refused as refused:
         raise DataFormatError(
             f"{path}: not a CIFAR-10 python batch: it asks for {refused.module}.{refused.name}, "
             "which was refused for safety (only numpy arrays and plain containers are "
-            "unpickled; nothing from the file ran)"
+            "unpickled; nothing from the file ran)",
+            value=str(path),
         ) from None
+    except MemoryError:
+        raise
     except Exception as err:  # any malformed pickle: truncated, garbage, bad arguments
         raise DataFormatError(
-            f"{path}: could not be unpickled ({type(err).__name__}: {err}); {_EXPECTED}"
+            f"{path}: could not be unpickled ({type(err).__name__}: {err}); {_EXPECTED}",
+            value=str(path),
         ) from None
 
 
@@ -252,7 +353,8 @@ def load_cifar10(root: str | os.PathLike, split: str = "test") -> ImageDataset:
     if labels.size and int(labels.max()) >= len(class_names):
         raise DataFormatError(
             f"{folder}: label {int(labels.max())} has no name in {folder / _META} "
-            f"({len(class_names)} label_names)"
+            f"({len(class_names)} label_names)",
+            value=str(folder),
         )
     pixels = torch.from_numpy(np.concatenate([data for data, _ in batches]))
     return ImageDataset(
@@ -265,20 +367,20 @@ def load_cifar10(root: str | os.PathLike, split: str = "test") -> ImageDataset:
 
 
 def _cifar_folder(root: str | os.PathLike) -> Path:
-    folder = Path(root).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{folder}: no such folder; expected the CIFAR-10 python folder {_FOLDER}/ "
-            "(data_batch_1 ... data_batch_5, test_batch, batches.meta) or its parent"
-        )
+    folder = checked_folder(
+        root,
+        f"expected the CIFAR-10 python folder {_FOLDER}/ (data_batch_1 ... data_batch_5, "
+        "test_batch, batches.meta) or its parent",
+    )
     if (folder / _FOLDER).is_dir():
         return folder / _FOLDER
-    if not any((folder / name).is_file() for names in _BATCHES.values() for name in names):
+    if not any((folder / name).exists() for names in _BATCHES.values() for name in names):
         archive = folder / "cifar-10-python.tar.gz"
         hint = f" (extract {archive} first)" if archive.is_file() else ""
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"{folder}: holds no CIFAR-10 python batches{hint}; expected data_batch_1 ... "
-            f"data_batch_5, test_batch and batches.meta in it or in {folder / _FOLDER}"
+            f"data_batch_5, test_batch and batches.meta in it or in {folder / _FOLDER}",
+            path=folder,
         )
     return folder
 
@@ -292,45 +394,51 @@ def _get(mapping: dict, key: str) -> Any:
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(data uint8 (N, 3072), labels int64 (N,))`` of one batch."""
-    if not path.is_file():
-        raise FileNotFoundError(
+    if not path.exists():
+        raise DataNotFoundError(
             f"{path}: no such file; expected the CIFAR-10 python batches data_batch_1 ... "
-            f"data_batch_5 and test_batch in {path.parent}"
+            f"data_batch_5 and test_batch in {path.parent}",
+            path=path,
         )
     batch = load_cifar_batch(path)
     if not isinstance(batch, dict):
-        raise DataFormatError(f"{path}: holds a {type(batch).__name__}, not a dict; {_EXPECTED}")
+        raise DataFormatError(
+            f"{path}: holds a {type(batch).__name__}, not a dict; {_EXPECTED}",
+            value=str(path),
+        )
     data, labels = _get(batch, "data"), _get(batch, "labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
         found = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataFormatError(f"{path}: b'data' is {found}, not a uint8 array; {_EXPECTED}")
+        raise DataFormatError(f"{path}: b'data' is {found}, not a uint8 array; {_EXPECTED}", value=str(path))
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DataFormatError(f"{path}: b'data' has shape {data.shape}; {_EXPECTED}")
+        raise DataFormatError(f"{path}: b'data' has shape {data.shape}; {_EXPECTED}", value=str(path))
     try:
         labels = np.asarray(labels)
     except (TypeError, ValueError):
         labels = np.asarray(None)
     if labels.dtype.kind not in "iu" or labels.shape != (data.shape[0],):
         raise DataFormatError(
-            f"{path}: b'labels' is not {data.shape[0]} ints (one per image); {_EXPECTED}"
+            f"{path}: b'labels' is not {data.shape[0]} ints (one per image); {_EXPECTED}",
+            value=str(path),
         )
     if labels.size and int(labels.min()) < 0:
-        raise DataFormatError(f"{path}: negative label {int(labels.min())}; {_EXPECTED}")
+        raise DataFormatError(f"{path}: negative label {int(labels.min())}; {_EXPECTED}", value=str(path))
     return data, labels.astype(np.int64)
 
 
 def _class_names(folder: Path) -> tuple[str, ...]:
     path = folder / _META
-    if not path.is_file():
+    if not path.exists():
         return CIFAR10_CLASSES
     meta = load_cifar_batch(path)
     names = _get(meta, "label_names") if isinstance(meta, dict) else None
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in names):
         raise DataFormatError(
             f"{path}: expected CIFAR-10 metadata (a pickled dict with b'label_names': a "
-            "list of names)"
+            "list of names)",
+            value=str(path),
         )
     try:
         return tuple(n.decode("utf-8") if isinstance(n, bytes) else n for n in names)
     except UnicodeDecodeError:
-        raise DataFormatError(f"{path}: label_names are not UTF-8 text") from None
+        raise DataFormatError(f"{path}: label_names are not UTF-8 text", value=str(path)) from None

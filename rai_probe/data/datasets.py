@@ -6,8 +6,13 @@ and the class names the labels index. It is a :class:`torch.utils.data.Dataset`
 (so it drops into a :class:`~torch.utils.data.DataLoader`), but most probing
 code uses the tensors directly: ``ds.images``, ``ds.labels``.
 
-:class:`DataFormatError` is the :class:`ValueError` the loaders raise for a
-file that exists but is not in the expected format.
+:class:`DataFormatError` is the :class:`~rai_probe.errors.SettingError` (a
+:class:`ValueError`) the loaders raise for a file or folder that is not in the
+expected format; :class:`UnreadableDataError` (also an :class:`OSError`) for
+one that cannot be read, and :class:`DataNotFoundError` (also a
+:class:`FileNotFoundError`) for one that is missing. Their ``setting`` is
+``"root"`` (the folder the data is read from) unless another argument is at
+fault, and ``value`` is the path at fault.
 
 Examples
 --------
@@ -28,39 +33,172 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
+import os
+from pathlib import Path
+from typing import BinaryIO
+
 import torch
 from torch import Tensor
 
-__all__ = ["ImageDataset", "DataFormatError", "SPLITS"]
+from .._io import open_regular_file, os_error_reason, rebuild_error
+from ..errors import UNSET, SettingError, SettingTypeError
+
+__all__ = [
+    "ImageDataset",
+    "DataFormatError",
+    "UnreadableDataError",
+    "DataNotFoundError",
+    "SPLITS",
+    "open_data_file",
+    "checked_folder",
+]
 
 #: The values of :attr:`ImageDataset.split` (besides ``None``).
 SPLITS = ("train", "test", "all")
 
 
 def check_split(split: object) -> None:
-    """Raise ``ValueError`` unless `split` is one of :data:`SPLITS`."""
-    if split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS}; got {split!r}")
+    """Raise :class:`~rai_probe.errors.SettingError` (``setting="split"``) unless `split` is one of :data:`SPLITS`."""
+    if not isinstance(split, str) or split not in SPLITS:
+        raise SettingError(f"`split` must be one of {SPLITS}; got {split!r}", setting="split", value=split)
 
 #: What :meth:`ImageDataset.subset` accepts.
 Index = Union[int, slice, Tensor, Sequence[int]]
 
 
-class DataFormatError(ValueError):
-    """A data file exists but is not in the expected format.
+class DataFormatError(SettingError):
+    """A data file or folder that is not in the expected format (or, for subclasses, cannot be read).
 
     The message names the file and the format that was expected. It is a
-    :class:`ValueError`, so ``except ValueError`` catches it too.
+    :class:`~rai_probe.errors.SettingError`, hence a :class:`ValueError`:
+    ``setting`` is ``"root"`` (the data folder) unless another argument is at
+    fault (``"class_names"`` for a label without a name), and ``value`` the
+    path at fault.
 
     Examples
     --------
     >>> issubclass(DataFormatError, ValueError)
     True
+    >>> err = DataFormatError("/data/x: not an idx file", value="/data/x")
+    >>> err.setting, err.value
+    ('root', '/data/x')
     """
 
+    def __init__(self, message: str, *, setting: str | None = "root", value: Any = UNSET) -> None:
+        super().__init__(message, setting=setting, value=value)
 
-def _fail(field: str, message: str) -> ValueError:
-    return ValueError(f"ImageDataset: `{field}` {message}")
+    def __reduce__(self) -> tuple:  # picklable with every attribute, whatever the constructor
+        return (rebuild_error, (type(self), str(self), dict(self.__dict__)))
+
+
+class UnreadableDataError(DataFormatError, OSError):
+    """A data file or folder that exists but cannot be read: permission denied, not a regular file, ...
+
+    Also an :class:`OSError` (``errno``, ``strerror`` and ``filename`` come
+    from the cause). ``setting`` is ``"root"``.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    reason : str
+        E.g. ``"permission denied"``.
+    """
+
+    def __init__(
+        self, message: str, *, path: str | os.PathLike, cause: OSError | None = None, setting: str = "root"
+    ) -> None:
+        super().__init__(message, setting=setting, value=str(path))
+        self.path = Path(path)
+        self.reason = os_error_reason(cause) if cause is not None else message
+        if cause is not None:
+            self.errno, self.strerror = cause.errno, cause.strerror
+        self.filename = str(path)
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno 13] ..."
+        return str(self.args[0]) if self.args else ""
+
+
+class DataNotFoundError(UnreadableDataError, FileNotFoundError):
+    """A data file or folder that does not exist (also a :class:`FileNotFoundError`)."""
+
+
+def open_data_file(path: str | os.PathLike, expected: str) -> BinaryIO:
+    """``open(path, "rb")`` for a data file, with errors that name the path, the cause and the format.
+
+    Raises
+    ------
+    DataNotFoundError
+        Nothing at `path`.
+    UnreadableDataError
+        A folder, not a regular file, or no permission to read it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     try:
+    ...         open_data_file(tmp, "expected an idx file")
+    ...     except UnreadableDataError as err:
+    ...         print(err.setting, str(err).replace(tmp, "<tmp>"))
+    root <tmp>: cannot be read (is a directory); expected an idx file
+    """
+    try:
+        return open_regular_file(path)
+    except FileNotFoundError as err:
+        raise DataNotFoundError(f"{path}: no such file; {expected}", path=path, cause=err) from None
+    except OSError as err:
+        raise UnreadableDataError(
+            f"{path}: cannot be read ({os_error_reason(err)}); {expected}", path=path, cause=err
+        ) from None
+
+
+def checked_folder(root: Any, expected: str) -> Path:
+    """`root` as a :class:`~pathlib.Path` to an existing, readable folder (``~`` expanded).
+
+    Raises
+    ------
+    SettingTypeError
+        `root` is not a str or path (``setting="root"``).
+    DataNotFoundError
+        Nothing at `root`, or a file rather than a folder.
+    UnreadableDataError
+        A folder whose entries cannot be listed (permission denied, ...).
+
+    Examples
+    --------
+    >>> checked_folder(3, "expected a folder")
+    Traceback (most recent call last):
+    ...
+    rai_probe.errors.SettingTypeError: `root` must be a str or os.PathLike (a folder); got int 3
+    """
+    if not isinstance(root, (str, os.PathLike)):
+        raise SettingTypeError(
+            f"`root` must be a str or os.PathLike (a folder); got {type(root).__name__} {root!r}",
+            setting="root",
+            value=root,
+        )
+    folder = Path(root).expanduser()
+    try:
+        if not folder.is_dir():
+            what = "not a folder (it is a file)" if folder.exists() else "no such folder"
+            raise DataNotFoundError(f"{folder}: {what}; {expected}", path=folder)
+        with os.scandir(folder):
+            pass
+    except DataNotFoundError:
+        raise
+    except OSError as err:
+        raise UnreadableDataError(
+            f"{folder}: cannot be read ({os_error_reason(err)}); {expected}", path=folder, cause=err
+        ) from None
+    return folder
+
+
+def _fail(field: str, message: str) -> SettingError:
+    return SettingError(f"ImageDataset: `{field}` {message}", setting=field)
+
+
+def _type_fail(field: str, message: str, value: Any) -> SettingTypeError:
+    return SettingTypeError(f"ImageDataset: `{field}` {message}", setting=field, value=value)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -115,7 +253,7 @@ class ImageDataset(torch.utils.data.Dataset):
     >>> ImageDataset(images * 2, None, (), "toy")
     Traceback (most recent call last):
         ...
-    ValueError: ImageDataset: `images` must hold values in [0, 1]; got values in [0, 2]
+    rai_probe.errors.SettingError: ImageDataset: `images` must hold values in [0, 1]; got values in [0, 2]
     """
 
     images: Tensor
@@ -130,7 +268,7 @@ class ImageDataset(torch.utils.data.Dataset):
         object.__setattr__(self, "class_names", _checked_class_names(self.class_names))
         object.__setattr__(self, "labels", _checked_labels(self.labels, images, self.class_names))
         if not isinstance(self.name, str):
-            raise TypeError(f"ImageDataset: `name` must be a str; got {type(self.name).__name__}")
+            raise _type_fail("name", f"must be a str; got {type(self.name).__name__}", self.name)
         if not self.name:
             raise _fail("name", "must not be empty")
         if self.split is not None and self.split not in SPLITS:
@@ -150,9 +288,11 @@ class ImageDataset(torch.utils.data.Dataset):
         if isinstance(i, Tensor) and i.numel() == 1 and not i.is_floating_point():
             i = int(i)
         if not isinstance(i, numbers.Integral) or isinstance(i, bool):
-            raise TypeError(
+            raise SettingTypeError(
                 f"ImageDataset[{i!r}]: the index must be an int; use .subset(...) for "
-                "a slice, an index tensor or a mask"
+                "a slice, an index tensor or a mask",
+                setting="index",
+                value=i,
             )
         n = len(self)
         if not -n <= i < n:
@@ -219,43 +359,51 @@ class ImageDataset(torch.utils.data.Dataset):
         n = len(self)
         if isinstance(index, numbers.Integral) and not isinstance(index, bool):
             if not 0 <= index <= n:
-                raise ValueError(
+                raise SettingError(
                     f"ImageDataset.subset: `index` as a count must be in [0, {n}] "
-                    f"(the number of images); got {index}"
+                    f"(the number of images); got {index}",
+                    setting="index",
                 )
             index = slice(0, int(index))
         if isinstance(index, slice):
             return self._take(index)
         if isinstance(index, (str, bytes)):
-            raise TypeError(f"ImageDataset.subset: `index` must not be a string; got {index!r}")
+            raise SettingTypeError(
+                f"ImageDataset.subset: `index` must not be a string; got {index!r}", setting="index", value=index
+            )
         try:
             index = torch.as_tensor(index)
         except (TypeError, ValueError, RuntimeError) as err:
-            raise TypeError(
+            raise SettingTypeError(
                 "ImageDataset.subset: `index` must be an int, a slice, a 1-D integer or "
-                f"bool tensor, or a sequence of ints; got {type(index).__name__}"
+                f"bool tensor, or a sequence of ints; got {type(index).__name__}",
+                setting="index",
+                value=index,
             ) from err
         if index.numel() == 0 and index.ndim == 1:
             index = index.to(torch.int64)  # [] -> an empty float tensor
         if index.ndim != 1 or not (index.dtype == torch.bool or not index.is_floating_point()):
-            raise ValueError(
+            raise SettingError(
                 "ImageDataset.subset: `index` must be 1-D integer positions or a 1-D bool "
-                f"mask; got dtype {index.dtype}, shape {tuple(index.shape)}"
+                f"mask; got dtype {index.dtype}, shape {tuple(index.shape)}",
+                setting="index",
             )
         if index.dtype == torch.bool:
             if index.shape[0] != n:
-                raise ValueError(
+                raise SettingError(
                     f"ImageDataset.subset: a bool `index` must have one entry per image "
-                    f"({n}); got {index.shape[0]}"
+                    f"({n}); got {index.shape[0]}",
+                    setting="index",
                 )
         elif index.is_complex():
-            raise ValueError("ImageDataset.subset: `index` must not be complex")
+            raise SettingError("ImageDataset.subset: `index` must not be complex", setting="index")
         else:
             index = index.to(torch.int64)
             if index.numel() and not (-n <= int(index.min()) and int(index.max()) < n):
-                raise ValueError(
+                raise SettingError(
                     f"ImageDataset.subset: `index` positions must be in [-{n}, {n}); "
-                    f"got values in [{int(index.min())}, {int(index.max())}]"
+                    f"got values in [{int(index.min())}, {int(index.max())}]",
+                    setting="index",
                 )
         return self._take(index.to(self.images.device))
 
@@ -286,16 +434,25 @@ class ImageDataset(torch.utils.data.Dataset):
         (tensor([0, 0, 1, 1]), True)
         """
         if self.labels is None:
-            raise ValueError(f"ImageDataset.per_class: dataset {self.name!r} has no labels")
+            raise SettingError(
+                f"ImageDataset.per_class: dataset {self.name!r} has no labels",
+                setting="labels",
+            )
         if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"ImageDataset.per_class: `n` must be an int >= 0; got {n!r}")
+            raise SettingError(
+                f"ImageDataset.per_class: `n` must be an int >= 0; got {n!r}",
+                setting="n",
+                value=n,
+            )
         counts = torch.bincount(self.labels, minlength=self.num_classes)
         if self.num_classes and int(counts.min()) < n:
             short = int(torch.argmin(counts))
-            raise ValueError(
+            raise SettingError(
                 f"ImageDataset.per_class: `n`={n} but class {short} "
                 f"({self.class_names[short]!r}) has only {int(counts[short])} images in "
-                f"{self.name!r}"
+                f"{self.name!r}",
+                setting="n",
+                value=n,
             )
         order = torch.sort(self.labels, stable=True).indices
         starts = torch.cumsum(counts, 0) - counts  # first position of each class in `order`
@@ -321,8 +478,10 @@ class ImageDataset(torch.utils.data.Dataset):
         torch.float64
         """
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise ValueError(
-                f"ImageDataset.to: `dtype` must be a floating-point torch.dtype; got {dtype!r}"
+            raise SettingError(
+                f"ImageDataset.to: `dtype` must be a floating-point torch.dtype; got {dtype!r}",
+                setting="dtype",
+                value=dtype,
             )
         images = self.images.to(device=device, dtype=dtype)
         labels = None if self.labels is None else self.labels.to(device=device)
@@ -337,9 +496,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
 def _checked_images(images: Any) -> Tensor:
     if not isinstance(images, Tensor):
-        raise TypeError(
-            f"ImageDataset: `images` must be a torch.Tensor; got {type(images).__name__}"
-        )
+        raise _type_fail("images", f"must be a torch.Tensor; got {type(images).__name__}", images)
     if not images.is_floating_point():
         raise _fail("images", f"must be a floating-point tensor; got dtype {images.dtype}")
     if images.ndim != 4:
@@ -365,9 +522,7 @@ def _checked_labels(labels: Any, images: Tensor, class_names: tuple[str, ...]) -
     if labels is None:
         return None
     if not isinstance(labels, Tensor):
-        raise TypeError(
-            f"ImageDataset: `labels` must be a torch.Tensor or None; got {type(labels).__name__}"
-        )
+        raise _type_fail("labels", f"must be a torch.Tensor or None; got {type(labels).__name__}", labels)
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise _fail("labels", f"must be an integer tensor; got dtype {labels.dtype}")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:

@@ -31,15 +31,23 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .datasets import DataFormatError, ImageDataset
+from .._io import os_error_reason
+from ..errors import SettingError, SettingTypeError
+from .datasets import DataFormatError, ImageDataset, UnreadableDataError, checked_folder, open_data_file
 
-__all__ = ["load_image_folder", "IMAGE_EXTENSIONS", "IMAGE_MODES"]
+__all__ = ["load_image_folder", "IMAGE_EXTENSIONS", "IMAGE_MODES", "MAX_IMAGE_PIXELS"]
+
+#: The most pixels (width x height, from the file's header) an image may declare; larger
+#: ones are refused before their pixels are decoded (decompression bombs). 2**26 is
+#: 8192 x 8192; Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``) applies too.
+MAX_IMAGE_PIXELS = 2**26
 
 #: File extensions read by default (compared case-insensitively).
 IMAGE_EXTENSIONS = (
@@ -91,15 +99,21 @@ def load_image_folder(
 
     Raises
     ------
-    FileNotFoundError
-        `root` is not a folder.
+    DataNotFoundError
+        `root` is not a folder (a ``FileNotFoundError``).
+    UnreadableDataError
+        `root` or an image cannot be read (permission denied, ...).
     DataFormatError
         No images in `root`; a class folder without images; images both
         directly in `root` and in subfolders; a file Pillow cannot decode;
-        a floating-point image with values outside ``[0, 1]``.
-    ValueError
+        an image whose header declares more than :data:`MAX_IMAGE_PIXELS`
+        pixels, or that Pillow flags as a decompression bomb (refused before
+        its pixels are decoded); a floating-point image with values outside
+        ``[0, 1]``. ``setting="root"``, ``value`` the path at fault.
+    SettingError, SettingTypeError
         Images of different sizes with ``size=None`` (the error names the
-        first one that differs); a bad `size`, `mode` or `extensions`.
+        first one that differs; ``setting="size"``); a bad `size`, `mode` or
+        `extensions` (``setting`` names it).
 
     Examples
     --------
@@ -116,22 +130,22 @@ def load_image_folder(
     (False, torch.Size([2, 3, 2, 2]), tensor([[0., 0., 1.], [1., 0., 0.]]))
     """
     target = _checked_size(size)
-    if mode not in IMAGE_MODES:
-        raise ValueError(f"`mode` must be one of {IMAGE_MODES}; got {mode!r}")
+    if not isinstance(mode, str) or mode not in IMAGE_MODES:
+        raise SettingError(f"`mode` must be one of {IMAGE_MODES}; got {mode!r}", setting="mode", value=mode)
     suffixes = _checked_extensions(extensions)
-    folder = Path(root).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder; expected {_LAYOUTS}")
+    folder = checked_folder(root, f"expected {_LAYOUTS}")
     files, labels, class_names = _list_images(folder, suffixes)
     decoded = [_decode(path, mode, target) for path in files]
     if target is None:
         first = decoded[0].shape[:2]
         for path, array in zip(files, decoded):
             if array.shape[:2] != first:
-                raise ValueError(
+                raise SettingError(
                     f"{path} is {array.shape[0]}x{array.shape[1]} (H x W) but {files[0]} is "
                     f"{first[0]}x{first[1]}; all images of {folder} must share one size, "
-                    f"or pass size=(H, W) to resize them, e.g. size={tuple(first)}"
+                    f"or pass size=(H, W) to resize them, e.g. size={tuple(first)}",
+                    setting="size",
+                    value=size,
                 )
     gray = mode == "L" or (mode == "auto" and all(array.ndim == 2 for array in decoded))
     if gray:
@@ -156,9 +170,11 @@ def _checked_size(size: object) -> tuple[int, int] | None:
         or len(pair) != 2
         or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in pair)
     ):
-        raise TypeError(f"`size` must be None, an int or a pair of ints (H, W); got {size!r}")
+        raise SettingTypeError(
+            f"`size` must be None, an int or a pair of ints (H, W); got {size!r}", setting="size", value=size
+        )
     if min(pair) < 1:
-        raise ValueError(f"`size` must be positive; got {size!r}")
+        raise SettingError(f"`size` must be positive; got {size!r}", setting="size", value=size)
     return int(pair[0]), int(pair[1])
 
 
@@ -168,9 +184,11 @@ def _checked_extensions(extensions: object) -> tuple[str, ...]:
     if not isinstance(extensions, Sequence) or not extensions or not all(
         isinstance(e, str) and e.strip(".") for e in extensions
     ):
-        raise ValueError(
+        raise SettingError(
             f"`extensions` must be a non-empty sequence of file extensions such as "
-            f"('.png', '.jpg'); got {extensions!r}"
+            f"('.png', '.jpg'); got {extensions!r}",
+            setting="extensions",
+            value=extensions,
         )
     return tuple("." + e.lower().lstrip(".") for e in extensions)
 
@@ -183,7 +201,12 @@ def _list_images(
     folder: Path, suffixes: tuple[str, ...]
 ) -> tuple[list[Path], list[int] | None, tuple[str, ...]]:
     """``(files, labels or None, class names)`` of the folder's layout."""
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    try:
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError as err:
+        raise UnreadableDataError(
+            f"{folder}: cannot be read ({os_error_reason(err)}); expected {_LAYOUTS}", path=folder, cause=err
+        ) from None
     top = [p for p in entries if _is_image(p, suffixes)]
     per_class = {}
     for sub in (p for p in entries if p.is_dir()):
@@ -198,12 +221,13 @@ def _list_images(
     if top and with_images:
         raise DataFormatError(
             f"{folder}: holds images both directly ({top[0].name}, ...) and in subfolders "
-            f"({with_images[0]}/, ...); expected {_LAYOUTS}, not both"
+            f"({with_images[0]}/, ...); expected {_LAYOUTS}, not both",
+            value=str(folder),
         )
     if top:
         return top, None, ()
     if not with_images:
-        raise DataFormatError(f"{folder}: no images ({wanted}); expected {_LAYOUTS}")
+        raise DataFormatError(f"{folder}: no images ({wanted}); expected {_LAYOUTS}", value=str(folder))
     empty = [name for name, found in per_class.items() if not found]
     if empty:
         raise DataFormatError(
@@ -216,21 +240,53 @@ def _list_images(
     return files, labels, class_names
 
 
-def _decode(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
-    """``float32`` pixels in ``[0, 1]``: ``(H, W)`` for grayscale, ``(H, W, 3)`` for color."""
-    from PIL import Image, UnidentifiedImageError
+_DECODABLE = (
+    "expected an image file that Pillow reads (PNG, JPEG, BMP, GIF, TIFF, WebP, PPM, ...)"
+)
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return _pixels(image, path, mode, size)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, (DataFormatError, FileNotFoundError)):
+
+def _decode(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """``float32`` pixels in ``[0, 1]``: ``(H, W)`` for grayscale, ``(H, W, 3)`` for color.
+
+    The file's header is read first and its declared size checked
+    (:func:`_check_pixels`) before a single pixel is decoded.
+    """
+    from PIL import Image
+
+    with open_data_file(path, _DECODABLE) as file:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file) as image:  # reads the header only
+                    _check_pixels(image.size, path)
+                    image.load()
+                    return _pixels(image, path, mode, size)
+        except (DataFormatError, MemoryError):
             raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise DataFormatError(
+                f"{path}: refused as a decompression bomb before decoding it ({err})",
+                value=str(path),
+            ) from None
+        except Exception as err:  # a malformed image surfaces as many exception types
+            if isinstance(err, OSError) and err.errno is not None:
+                raise UnreadableDataError(
+                    f"{path}: reading failed ({os_error_reason(err)}); {_DECODABLE}", path=path, cause=err
+                ) from None
+            raise DataFormatError(
+                f"{path}: could not be decoded as an image ({err}); {_DECODABLE}", value=str(path)
+            ) from None
+
+
+def _check_pixels(declared: tuple[int, int], path: Path) -> None:
+    width, height = declared
+    if width * height > MAX_IMAGE_PIXELS:
         raise DataFormatError(
-            f"{path}: could not be decoded as an image ({err}); expected an image file "
-            "that Pillow reads (PNG, JPEG, BMP, GIF, TIFF, WebP, PPM, ...)"
-        ) from None
+            f"{path}: its header declares {width}x{height} = {width * height} pixels, more than "
+            f"the limit of {MAX_IMAGE_PIXELS} (rai_probe.data.folder.MAX_IMAGE_PIXELS); refused as "
+            f"a decompression bomb before decoding it",
+            value=str(path),
+        )
 
 
 def _pixels(image, path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
@@ -247,7 +303,8 @@ def _pixels(image, path: Path, mode: str, size: tuple[int, int] | None) -> np.nd
         if not (0.0 <= low and high <= scale):
             raise DataFormatError(
                 f"{path}: {image.mode}-mode pixels in [{low:g}, {high:g}]; expected "
-                f"values in [0, {scale:g}] for this mode"
+                f"values in [0, {scale:g}] for this mode",
+                value=str(path),
             )
         array = array / scale
         if size is not None:

@@ -35,10 +35,35 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..errors import SettingTypeError
 from .builtin import DIGIT_CLASSES
-from .datasets import DataFormatError, ImageDataset, check_split
+from .datasets import (
+    DataFormatError,
+    DataNotFoundError,
+    ImageDataset,
+    UnreadableDataError,
+    check_split,
+    checked_folder,
+    open_data_file,
+)
 
-__all__ = ["load_mnist_idx", "read_idx", "FASHION_MNIST_CLASSES", "IDX_FILES"]
+__all__ = [
+    "load_mnist_idx",
+    "read_idx",
+    "FASHION_MNIST_CLASSES",
+    "IDX_FILES",
+    "MAX_IDX_BYTES",
+    "MAX_GZIP_RATIO",
+]
+
+#: The largest idx payload (header-declared ``prod(shape)`` bytes) that is read: 4 GiB,
+#: eight times EMNIST's largest file.
+MAX_IDX_BYTES = 2**32
+#: A gzipped idx file may declare at most this many bytes per compressed byte (plus
+#: :data:`_GZIP_SLACK`). Real image and label files compress 2-5x; a larger ratio is a
+#: decompression bomb (or near-blank data: decompress such a file with gunzip).
+MAX_GZIP_RATIO = 200
+_GZIP_SLACK = 2**20
 
 #: Class names of Fashion-MNIST, in label order.
 FASHION_MNIST_CLASSES = (
@@ -101,12 +126,18 @@ def load_mnist_idx(
 
     Raises
     ------
-    FileNotFoundError
-        `root` or a needed file is missing (the error names the path and the
-        file names expected).
+    DataNotFoundError
+        `root` or a needed file is missing (a ``FileNotFoundError``; the error
+        names the path and the file names expected).
+    UnreadableDataError
+        A file or `root` cannot be read (permission denied, ...).
     DataFormatError
-        A file is not an MNIST idx file, is truncated, or the images and
-        labels disagree in number; a label has no class name.
+        A file is not an MNIST idx file, is truncated, declares an implausible
+        size (see :func:`read_idx`), or the images and labels disagree in
+        number (``setting="root"``); a label has no class name
+        (``setting="class_names"``).
+    SettingError, SettingTypeError
+        A bad `split` or `class_names`.
 
     Examples
     --------
@@ -123,8 +154,16 @@ def _load_idx_dataset(
     root: str | os.PathLike, split: str, class_names: Sequence[str], name: str
 ) -> ImageDataset:
     check_split(split)
-    if isinstance(class_names, (str, bytes)) or not all(isinstance(c, str) for c in class_names):
-        raise TypeError(f"`class_names` must be a sequence of str; got {class_names!r}")
+    if (
+        isinstance(class_names, (str, bytes))
+        or not isinstance(class_names, Sequence)
+        or not all(isinstance(c, str) for c in class_names)
+    ):
+        raise SettingTypeError(
+            f"`class_names` must be a sequence of str; got {class_names!r}",
+            setting="class_names",
+            value=class_names,
+        )
     folder = _idx_folder(root)
     parts = ("train", "test") if split == "all" else (split,)
     images, labels = [], []
@@ -141,14 +180,17 @@ def _load_idx_dataset(
         if part_labels.size and int(part_labels.max()) >= len(class_names):
             raise DataFormatError(
                 f"{label_path}: label {int(part_labels.max())} has no class name "
-                f"({len(class_names)} given in `class_names`)"
+                f"({len(class_names)} given in `class_names`)",
+                setting="class_names",
+                value=tuple(class_names),
             )
         images.append(part_images)
         labels.append(part_labels)
     if len({im.shape[1:] for im in images}) > 1:
         raise DataFormatError(
             f"{folder}: train images are {images[0].shape[1:]} but test images are "
-            f"{images[1].shape[1:]}; expected one image size"
+            f"{images[1].shape[1:]}; expected one image size",
+            value=str(folder),
         )
     pixels = torch.from_numpy(np.concatenate(images)).unsqueeze(1)
     return ImageDataset(
@@ -162,12 +204,9 @@ def _load_idx_dataset(
 
 def _idx_folder(root: str | os.PathLike) -> Path:
     """`root`, or the torchvision ``MNIST/raw`` / ``FashionMNIST/raw`` folder inside it."""
-    folder = Path(root).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{folder}: no such folder; expected a folder holding the MNIST idx files "
-            f"{_file_list()} (each optionally .gz)"
-        )
+    folder = checked_folder(
+        root, f"expected a folder holding the MNIST idx files {_file_list()} (each optionally .gz)"
+    )
     for candidate in (folder, folder / "MNIST" / "raw", folder / "FashionMNIST" / "raw"):
         names = [f"{stem}{ext}" for stem in _all_stems() for ext in ("", ".gz")]
         if any((candidate / name).is_file() for name in names):
@@ -179,9 +218,10 @@ def _idx_file(folder: Path, stem: str) -> Path:
     for path in (folder / stem, folder / f"{stem}.gz"):
         if path.is_file():
             return path
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"{folder / stem}: not found (nor {stem}.gz); expected the MNIST idx files "
-        f"{_file_list()} (each optionally .gz) in {folder} or in its MNIST/raw/ subfolder"
+        f"{_file_list()} (each optionally .gz) in {folder} or in its MNIST/raw/ subfolder",
+        path=folder / stem,
     )
 
 
@@ -211,11 +251,16 @@ def read_idx(path: str | os.PathLike, magic: int | None = None) -> np.ndarray:
 
     Raises
     ------
-    FileNotFoundError
-        `path` does not exist.
+    DataNotFoundError
+        `path` does not exist (a ``FileNotFoundError``).
+    UnreadableDataError
+        `path` cannot be read (permission denied, a folder, ...).
     DataFormatError
-        A broken gzip stream, a wrong magic number or element type,
-        or a size that disagrees with the header.
+        A broken gzip stream, a wrong magic number or element type, a file
+        length that disagrees with the header, or a declared size refused
+        before reading: above :data:`MAX_IDX_BYTES`, or, for a gzipped file,
+        more than :data:`MAX_GZIP_RATIO` times the compressed size (a
+        decompression bomb; nothing beyond the header is decompressed).
 
     Examples
     --------
@@ -232,29 +277,83 @@ def read_idx(path: str | os.PathLike, magic: int | None = None) -> np.ndarray:
         "expected an MNIST idx file (magic 0x000008NN: unsigned bytes, NN dimensions, "
         "big-endian sizes, then the bytes)",
     )
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file; {expected}") from None
-    if raw[:2] == b"\x1f\x8b":  # gzip (idx files start with two zero bytes)
+    with open_data_file(path, expected) as file:
         try:
-            raw = gzip.decompress(raw)
+            return _read_idx_file(file, path, magic, expected)
         except (zlib.error, gzip.BadGzipFile, EOFError) as err:
-            raise DataFormatError(f"{path}: not a valid gzip file ({err}); {expected}") from None
-    if len(raw) < 4:
-        raise DataFormatError(f"{path}: only {len(raw)} bytes; {expected}")
-    found = int.from_bytes(raw[:4], "big")
-    ndim = raw[3]
-    if raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or (magic is not None and found != magic):
-        raise DataFormatError(f"{path}: magic number 0x{found:08X}; {expected}")
+            raise DataFormatError(
+                f"{path}: not a valid gzip file ({err}); {expected}", value=str(path)
+            ) from None
+        except DataFormatError:
+            raise
+        except OSError as err:
+            raise UnreadableDataError(
+                f"{path}: reading failed ({err}); {expected}",
+                path=path,
+                cause=err,
+            ) from None
+
+
+def _read_idx_file(file, path: Path, magic: int | None, expected: str) -> np.ndarray:
+    """Header first, sizes checked against the file, then exactly the declared data."""
+    on_disk = os.fstat(file.fileno()).st_size
+    compressed = file.read(2) == b"\x1f\x8b"  # gzip (idx files start with two zero bytes)
+    file.seek(0)
+    stream = gzip.GzipFile(fileobj=file, mode="rb") if compressed else file
+    head = stream.read(4)
+    if len(head) < 4:
+        raise DataFormatError(f"{path}: only {len(head)} bytes; {expected}", value=str(path))
+    found = int.from_bytes(head, "big")
+    ndim = head[3]
+    if head[0] != 0 or head[1] != 0 or head[2] != 0x08 or (magic is not None and found != magic):
+        raise DataFormatError(f"{path}: magic number 0x{found:08X}; {expected}", value=str(path))
+    dims = stream.read(4 * ndim)
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataFormatError(f"{path}: truncated header ({len(raw)} bytes); {expected}")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    if len(dims) < 4 * ndim:
+        raise DataFormatError(
+            f"{path}: truncated header ({4 + len(dims)} bytes); {expected}", value=str(path)
+        )
+    shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
     size = math.prod(shape)
-    if len(raw) - header != size:
+    _check_declared_size(path, shape, size, header, on_disk, compressed, expected)
+    data = stream.read(size + 1)  # one byte more tells a file that is too long
+    if len(data) != size:
+        held = f"more than {size}" if len(data) > size else str(len(data))
         raise DataFormatError(
             f"{path}: the header gives shape {shape} ({size} bytes of data) but the file "
-            f"holds {len(raw) - header}; {expected}"
+            f"holds {held}; {expected}",
+            value=str(path),
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def _check_declared_size(
+    path: Path,
+    shape: tuple[int, ...],
+    size: int,
+    header: int,
+    on_disk: int,
+    compressed: bool,
+    expected: str,
+) -> None:
+    """Refuse, before reading the data, a shape the file cannot (or should not) hold."""
+    if size > MAX_IDX_BYTES:
+        raise DataFormatError(
+            f"{path}: the header declares shape {shape}, {size} bytes of data, more than the "
+            f"limit of {MAX_IDX_BYTES} bytes (rai_probe.data.idx.MAX_IDX_BYTES); {expected}",
+            value=str(path),
+        )
+    if not compressed and on_disk - header != size:
+        raise DataFormatError(
+            f"{path}: the header gives shape {shape} ({size} bytes of data) but the file "
+            f"holds {on_disk - header}; {expected}",
+            value=str(path),
+        )
+    if compressed and header + size > MAX_GZIP_RATIO * on_disk + _GZIP_SLACK:
+        raise DataFormatError(
+            f"{path}: the header declares shape {shape} ({size} bytes) in a gzip file of "
+            f"{on_disk} bytes, a compression ratio above {MAX_GZIP_RATIO}; refused as a "
+            f"decompression bomb before decompressing it (if the file is genuine, gunzip it "
+            f"and read the plain file); {expected}",
+            value=str(path),
+        )

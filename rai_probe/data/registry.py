@@ -33,6 +33,7 @@ import inspect
 import os
 from typing import Any, Callable, Sequence
 
+from ..errors import UNSET, SettingError, SettingTypeError, UnknownSettingError
 from .builtin import load_digits, load_mnist5k
 from .cifar import load_cifar10
 from .datasets import ImageDataset
@@ -92,12 +93,18 @@ def load_dataset(name: str = DEFAULT_DATASET, **kwargs: Any) -> ImageDataset:
 
     Raises
     ------
-    ValueError
-        An unknown `name` (the error lists the registered ones), or a missing
-        required argument such as ``root`` (the error names it).
-    TypeError
-        An argument the loader does not take (the error names it and lists
-        the accepted ones).
+    SettingError
+        An unknown `name` (the error lists the registered ones;
+        ``setting="name"``).
+    SettingTypeError
+        A missing required argument such as ``root`` (``setting`` names it,
+        ``value`` is :data:`~rai_probe.errors.UNSET`); both a ``ValueError``
+        and a ``TypeError``.
+    UnknownSettingError
+        An argument the loader does not take (``setting`` is its name; the
+        error lists the accepted ones).
+    SettingError, DataFormatError, FileNotFoundError
+        Whatever the loader raises for its arguments and files.
 
     Examples
     --------
@@ -106,17 +113,24 @@ def load_dataset(name: str = DEFAULT_DATASET, **kwargs: Any) -> ImageDataset:
     >>> load_dataset("cifar10")
     Traceback (most recent call last):
         ...
-    ValueError: load_dataset('cifar10') needs `root` (the folder to read it from)
+    rai_probe.errors.SettingTypeError: load_dataset('cifar10') needs `root` (the folder to read it from)
     >>> load_dataset("digits", splt="all")
     Traceback (most recent call last):
         ...
-    TypeError: load_dataset('digits') got an unexpected argument `splt`; it accepts: split
+    rai_probe.errors.UnknownSettingError: load_dataset('digits') got an unexpected argument `splt`; it accepts: split
+    >>> try:
+    ...     load_dataset("mnist5k", split="val")
+    ... except ValueError as err:
+    ...     print(err.setting, err.value)
+    split val
     """
     try:
         loader = DATASETS[name]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown dataset name {name!r}; available: {', '.join(DATASETS)}"
+        raise SettingError(
+            f"unknown dataset name {name!r}; available: {', '.join(DATASETS)}",
+            setting="name",
+            value=name,
         ) from None
     try:
         parameters = inspect.signature(loader).parameters.values()
@@ -128,9 +142,11 @@ def load_dataset(name: str = DEFAULT_DATASET, **kwargs: Any) -> ImageDataset:
         ]
         unknown = [key for key in kwargs if key not in accepted]
         if unknown:
-            raise TypeError(
+            raise UnknownSettingError(
                 f"load_dataset({name!r}) got an unexpected argument `{unknown[0]}`; "
-                f"it accepts: {', '.join(accepted) or 'no arguments'}"
+                f"it accepts: {', '.join(accepted) or 'no arguments'}",
+                setting=unknown[0],
+                value=kwargs[unknown[0]],
             )
     missing = [
         p.name
@@ -141,7 +157,9 @@ def load_dataset(name: str = DEFAULT_DATASET, **kwargs: Any) -> ImageDataset:
     ]
     if missing:
         what = " (the folder to read it from)" if missing == ["root"] else ""
-        raise ValueError(
-            f"load_dataset({name!r}) needs {', '.join(f'`{m}`' for m in missing)}{what}"
+        raise SettingTypeError(
+            f"load_dataset({name!r}) needs {', '.join(f'`{m}`' for m in missing)}{what}",
+            setting=missing[0],
+            value=UNSET,
         )
     return loader(**kwargs)

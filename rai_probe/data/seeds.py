@@ -18,6 +18,8 @@ from typing import Sequence
 
 import torch
 
+from ..errors import SettingError
+
 from .datasets import ImageDataset
 
 __all__ = ["make_seeds", "SEED_KINDS"]
@@ -59,9 +61,9 @@ def make_seeds(
 
     Raises
     ------
-    ValueError
-        An unknown `kind`, `n` < 1, a bad `image_shape`, or `level` outside
-        ``[0, 1]``.
+    SettingError
+        An unknown `kind`, `n` < 1, a bad `image_shape`, `seed` or `level`
+        outside ``[0, 1]`` (``setting`` names it).
 
     Examples
     --------
@@ -72,9 +74,9 @@ def make_seeds(
     True
     """
     if kind not in SEED_KINDS:
-        raise ValueError(f"`kind` must be one of {SEED_KINDS}; got {kind!r}")
+        raise SettingError(f"`kind` must be one of {SEED_KINDS}; got {kind!r}", setting="kind", value=kind)
     if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"`n` must be an int >= 1; got {n!r}")
+        raise SettingError(f"`n` must be an int >= 1; got {n!r}", setting="n", value=n)
     if (
         isinstance(image_shape, (str, bytes))
         or not isinstance(image_shape, Sequence)
@@ -84,15 +86,23 @@ def make_seeds(
             for s in image_shape
         )
     ):
-        raise ValueError(f"`image_shape` must be (C, H, W) with ints >= 1; got {image_shape!r}")
+        raise SettingError(
+            f"`image_shape` must be (C, H, W) with ints >= 1; got {image_shape!r}",
+            setting="image_shape",
+            value=image_shape,
+        )
     shape = (int(n), *(int(s) for s in image_shape))
     if kind == "noise":
         if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
-            raise ValueError(f"`seed` must be an int; got {seed!r}")
+            raise SettingError(f"`seed` must be an int; got {seed!r}", setting="seed", value=seed)
         generator = torch.Generator().manual_seed(int(seed))
         images = torch.rand(shape, generator=generator, dtype=torch.float32)
     else:
         if not isinstance(level, numbers.Real) or isinstance(level, bool) or not 0 <= level <= 1:
-            raise ValueError(f"`level` must be a number in [0, 1]; got {level!r}")
+            raise SettingError(
+                f"`level` must be a number in [0, 1]; got {level!r}",
+                setting="level",
+                value=level,
+            )
         images = torch.full(shape, float(level), dtype=torch.float32)
     return ImageDataset(images=images, labels=None, class_names=(), name=kind, split=None)

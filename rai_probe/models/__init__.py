@@ -22,10 +22,13 @@ torch.Size([2, 10])
 from .checkpoints import (
     CheckpointError,
     CheckpointMismatchError,
+    CheckpointNotFoundError,
+    UnreadableCheckpointError,
     UnsafeCheckpointError,
     detect_format,
     load_checkpoint,
     read_checkpoint_info,
+    read_torch_file,
     save_checkpoint,
 )
 from .normalize import ModelInfo, Normalize, NormalizedModel
@@ -48,6 +51,9 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "UnsafeCheckpointError",
+    "UnreadableCheckpointError",
+    "CheckpointNotFoundError",
+    "read_torch_file",
     "load_checkpoint",
     "save_checkpoint",
     "detect_format",

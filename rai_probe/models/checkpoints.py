@@ -1,11 +1,20 @@
 """Safe checkpoint loading (MadryLab, RobustBench, plain state_dicts, our own format) and saving.
 
-Every file is read with ``torch.load(..., weights_only=True)``: only tensors
-and plain containers are unpickled, so a file cannot run code while it is
-read. A file that needs more (a pickled ``argparse.Namespace``, a whole
-``nn.Module``, or anything that would run code) raises
-:class:`UnsafeCheckpointError`; ``trust_checkpoint=True`` is the explicit,
-per-call opt-in to full unpickling, with a warning.
+Every file is first checked without unpickling anything
+(:func:`read_torch_file`, built on :mod:`rai_probe.models._torchfile`): it
+must be a file ``torch.save`` writes, its declared sizes must be plausible,
+and the Python globals its pickles name are listed. A file of tensors and
+plain containers is then read with ``torch.load(..., weights_only=True)``.
+A file that names other globals (a pickled ``argparse.Namespace``, a whole
+``nn.Module``, ``os.system``...) holds code and raises
+:class:`UnsafeCheckpointError`; ``trust_checkpoint=True`` (the bool, nothing
+else) is the explicit, per-call opt-in to full unpickling, with a warning.
+A file that is not a checkpoint at all (corrupt, truncated, random bytes,
+another format) raises a plain :class:`CheckpointError`, which never
+suggests trusting it; a file that cannot be read raises
+:class:`UnreadableCheckpointError` (:class:`CheckpointNotFoundError` when it
+is missing). Every error is a :class:`~rai_probe.errors.SettingError` whose
+``setting`` names the argument to change.
 
 ==============  ===========================================  ==========================================
 format          how it is recognized                         what is loaded
@@ -45,30 +54,33 @@ from __future__ import annotations
 
 import os
 import pathlib
-import pickle
-import re
 import warnings
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from typing import Any, BinaryIO, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._io import write_atomic
-from .normalize import ModelInfo, NormalizedModel
+from .._io import open_regular_file, os_error_reason, rebuild_error, write_atomic
+from ..errors import UNSET, SettingError, SettingTypeError
+from ._torchfile import ImplausibleSize, NotATorchFile, inspect_torch_file
+from .normalize import ModelInfo, NormalizedModel, _check_mean_std, _positive_int
 from .registry import MODELS, TORCHVISION_PREFIX, build_model, get_arch_spec
 
 __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "UnsafeCheckpointError",
+    "UnreadableCheckpointError",
+    "CheckpointNotFoundError",
     "FORMAT_TAG",
     "FORMAT_VERSION",
     "load_checkpoint",
     "save_checkpoint",
     "detect_format",
     "read_checkpoint_info",
+    "read_torch_file",
 ]
 
 #: The ``"format"`` entry of a file written by :func:`save_checkpoint`.
@@ -93,12 +105,36 @@ _REPORT_LIMIT = 8
 # --------------------------------------------------------------------------- #
 # errors
 # --------------------------------------------------------------------------- #
-class CheckpointError(ValueError):
-    """A file that is not a readable checkpoint of a supported format."""
+class CheckpointError(SettingError):
+    """A checkpoint that cannot be used: not a readable checkpoint of a supported format, or
+    one that contradicts the arguments.
+
+    A :class:`~rai_probe.errors.SettingError` (hence a ``ValueError``): ``setting`` names
+    the argument to change (``"checkpoint"``, the file, unless a subclass or the raising
+    code says otherwise: ``"arch"``, ``"num_classes"``, ``"mean"``, ``"std"``, ...) and
+    ``value`` its value.
+
+    Examples
+    --------
+    >>> err = CheckpointError("not a checkpoint", value="/tmp/x.pt")
+    >>> isinstance(err, ValueError), err.setting, err.value
+    (True, 'checkpoint', '/tmp/x.pt')
+    """
+
+    def __init__(self, message: str, *, setting: str | None = "checkpoint", value: Any = UNSET) -> None:
+        super().__init__(message, setting=setting, value=value)
+
+    def __reduce__(self) -> tuple:  # picklable with every attribute, whatever the constructor
+        return (rebuild_error, (type(self), str(self), dict(self.__dict__)))
 
 
 class CheckpointMismatchError(CheckpointError):
     """The checkpoint's weights do not fit the architecture (strict loading).
+
+    ``setting`` is ``"num_classes"`` when the classifier's output layer is the
+    only kind of mismatch that explains it (``value``: the file's number of
+    outputs), ``"arch"`` when no key of the file fits the architecture, and
+    ``"checkpoint"`` otherwise.
 
     Attributes
     ----------
@@ -116,41 +152,99 @@ class CheckpointMismatchError(CheckpointError):
         missing: Sequence[str] = (),
         unexpected: Sequence[str] = (),
         mismatched: Sequence[tuple[str, tuple, tuple]] = (),
+        *,
+        setting: str | None = "checkpoint",
+        value: Any = UNSET,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, setting=setting, value=value)
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.mismatched = list(mismatched)
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """``torch.load(weights_only=True)`` refused the file: reading it needs full unpickling.
+    """The file holds code: reading it needs full unpickling, which only ``trust_checkpoint=True`` allows.
+
+    Raised when the file names a Python global that ``torch.load(weights_only=True)``
+    does not admit (an ``argparse.Namespace``, a pickled ``nn.Module``, ``os.system``
+    ...), found by walking the file's pickle before torch reads it; nothing from
+    the file runs. ``setting`` is ``"trust_checkpoint"`` (``value`` False).
 
     Attributes
     ----------
     path : pathlib.Path
         The file.
     global_name : str or None
-        The Python global the file asks to import (e.g. ``"argparse.Namespace"``),
-        when torch's message names it.
+        The first offending global (e.g. ``"argparse.Namespace"``).
+    globals : tuple of str
+        Every offending global, in file order.
     """
 
-    def __init__(self, path: pathlib.Path, global_name: str | None, reason: str) -> None:
-        what = (
-            f"it references the Python global `{global_name}`"
-            if global_name
-            else f"it holds more than tensors and plain containers ({reason})"
-        )
+    def __init__(
+        self,
+        path: pathlib.Path,
+        global_name: str | None,
+        reason: str = "",
+        *,
+        globals: Sequence[str] = (),
+    ) -> None:
+        found = tuple(globals) or ((global_name,) if global_name else ())
+        if global_name:
+            others = [g for g in found if g != global_name]
+            more = f" (and {len(others)} more: {', '.join(others[:4])})" if others else ""
+            what = f"it references the Python global `{global_name}`{more}"
+        else:
+            what = f"it holds more than tensors and plain containers ({reason})"
         super().__init__(
-            f"refusing to unpickle checkpoint {path}: torch.load(weights_only=True) rejected it "
-            f"because {what}. Loading it fully means unpickling, and unpickling can run arbitrary "
-            f"code chosen by whoever made the file. If you trust the file's source, pass "
-            f"trust_checkpoint=True (e.g. load_checkpoint(path, arch, trust_checkpoint=True)); "
-            f"then re-save the model with rai_probe.models.save_checkpoint so that it never "
-            f"needs trust again."
+            f"refusing to unpickle checkpoint {path}: {what}, which torch.load(weights_only=True) "
+            f"does not admit. Loading it fully means unpickling, and unpickling can run arbitrary "
+            f"code chosen by whoever made the file; nothing from it was run. If you trust the "
+            f"file's source, pass trust_checkpoint=True (load_checkpoint(path, arch, "
+            f"trust_checkpoint=True), or model.trust_checkpoint=true on the command line); then "
+            f"re-save the model with rai_probe.models.save_checkpoint so that it never needs "
+            f"trust again.",
+            setting="trust_checkpoint",
+            value=False,
         )
         self.path = path
         self.global_name = global_name
+        self.globals = found
+
+
+class UnreadableCheckpointError(CheckpointError, OSError):
+    """The checkpoint file cannot be opened or read: permission denied, a folder, not a regular file...
+
+    Also an :class:`OSError` (``errno``, ``strerror`` and ``filename`` come from
+    the cause). ``setting`` is ``"checkpoint"``.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    reason : str
+        E.g. ``"permission denied"``.
+    """
+
+    def __init__(self, path: pathlib.Path, cause: OSError) -> None:
+        reason = os_error_reason(cause)
+        self.path, self.reason = path, reason
+        super().__init__(self._message(path, reason), value=str(path))
+        self.errno, self.strerror, self.filename = cause.errno, cause.strerror, str(path)
+
+    @staticmethod
+    def _message(path: pathlib.Path, reason: str) -> str:
+        extra = ", not a file" if reason == "is a directory" else ""
+        return f"cannot read checkpoint {path}: {reason}{extra}"
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno 13] ..."
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointNotFoundError(UnreadableCheckpointError, FileNotFoundError):
+    """No file at the checkpoint path (also a :class:`FileNotFoundError`)."""
+
+    @staticmethod
+    def _message(path: pathlib.Path, reason: str) -> str:
+        return f"checkpoint file not found: {path}"
 
 
 # --------------------------------------------------------------------------- #
@@ -158,58 +252,149 @@ class UnsafeCheckpointError(CheckpointError):
 # --------------------------------------------------------------------------- #
 def _checked_path(path: Any) -> pathlib.Path:
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"checkpoint path must be a str or os.PathLike; got {type(path).__name__}")
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint path is not a file: {path}")
-    return path
+        raise SettingTypeError(
+            f"checkpoint path must be a str or os.PathLike; got {type(path).__name__}",
+            setting="checkpoint",
+            value=path,
+        )
+    return pathlib.Path(path)
 
 
-def _refused_global(message: str) -> str | None:
-    match = re.search(r"GLOBAL ([\w.]+)", message)
-    return match.group(1) if match else None
+def _check_trust(trust_checkpoint: Any) -> bool:
+    """Only the bool ``True`` trusts; ``False`` does not; anything else (1, "yes", a numpy bool) is refused."""
+    if trust_checkpoint is True or trust_checkpoint is False:
+        return trust_checkpoint
+    raise SettingTypeError(
+        f"`trust_checkpoint` must be the bool True or False; got {trust_checkpoint!r} "
+        f"({type(trust_checkpoint).__name__}). Only a real True allows full unpickling",
+        setting="trust_checkpoint",
+        value=trust_checkpoint,
+    )
 
 
-def _short_reason(message: str) -> str:
-    for line in message.splitlines():
-        if "WeightsUnpickler error" in line or "Unsupported" in line:
-            return line.strip()
-    return "see torch.load's message in the chained exception"
+def _open_checkpoint(path: pathlib.Path) -> BinaryIO:
+    try:
+        return open_regular_file(path)
+    except FileNotFoundError as err:
+        raise CheckpointNotFoundError(path, err) from None
+    except OSError as err:
+        raise UnreadableCheckpointError(path, err) from None
 
 
-def _read_file(path: Any, *, trust_checkpoint: bool, map_location: Any) -> Any:
-    """``torch.load`` the file with ``weights_only=True``; full unpickling only if trusted.
+def _corrupt(path: pathlib.Path, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f"could not read {path} as a torch checkpoint: {reason}; expected a file written by "
+        f"torch.save (a zip archive holding <name>/data.pkl, or torch's legacy format)",
+        value=str(path),
+    )
 
-    A trusted file is still first read with ``weights_only=True``; full
-    unpickling (``weights_only=False``, with a warning) happens only when that
-    is refused.
+
+def _brief(err: BaseException) -> str:
+    """One line of an exception's message (torch's are paragraphs)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    picked = next((line for line in lines if "WeightsUnpickler error" in line or "Unsupported" in line), None)
+    text = picked or (lines[0] if lines else "")
+    return f"{type(err).__name__}: {text[:300]}"
+
+
+def _torch_load(file: BinaryIO, path: pathlib.Path, *, map_location: Any, weights_only: bool) -> Any:
+    file.seek(0)
+    try:
+        return torch.load(file, map_location=map_location, weights_only=weights_only)
+    except MemoryError:
+        raise
+    except OSError as err:
+        if err.errno is not None:
+            raise UnreadableCheckpointError(path, err) from err
+        raise _corrupt(path, f"torch.load failed ({_brief(err)})") from err
+    except Exception as err:  # a corrupt file surfaces as many exception types
+        how = "torch.load(weights_only=True)" if weights_only else "torch.load"
+        raise _corrupt(path, f"{how} failed ({_brief(err)})") from err
+
+
+def read_torch_file(
+    path: str | os.PathLike, *, trust_checkpoint: bool = False, map_location: Any = "cpu"
+) -> Any:
+    """What ``torch.save`` stored in ``path``, read safely; the reader under every checkpoint loader.
+
+    The file is checked before torch sees it (see
+    :mod:`rai_probe.models._torchfile`): that it is a file ``torch.save``
+    writes (a zip archive with ``<name>/data.pkl``, or the legacy format),
+    that the sizes it declares are plausible, and which Python globals its
+    pickles name. A file of tensors and plain containers is then read with
+    ``torch.load(weights_only=True)``. A file that names other globals holds
+    code: it is refused, unless ``trust_checkpoint`` is the bool ``True``,
+    which fully unpickles it (``weights_only=False``) with a warning.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    trust_checkpoint : bool, default False
+        Only ``True`` itself trusts (not ``1``, not ``"true"``).
+    map_location : default "cpu"
+        Passed to ``torch.load``.
+
+    Raises
+    ------
+    CheckpointNotFoundError, UnreadableCheckpointError
+        No file, or it cannot be read (the message gives the cause).
+    CheckpointError
+        Not a torch checkpoint (empty, truncated, random bytes, another format),
+        a declared size that is refused before reading, or a file torch cannot
+        parse. Never suggests ``trust_checkpoint``.
+    UnsafeCheckpointError
+        The file holds code and ``trust_checkpoint`` is not True.
+    SettingTypeError
+        ``path`` or ``trust_checkpoint`` of the wrong type.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, torch
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = pathlib.Path(tmp) / "t.pt"
+    ...     torch.save({"w": torch.ones(2)}, path)
+    ...     print(read_torch_file(path))
+    ...     _ = path.write_bytes(b"not a checkpoint")
+    ...     try:
+    ...         read_torch_file(path)
+    ...     except CheckpointError as err:
+    ...         print(type(err).__name__, "trust_checkpoint" in str(err))
+    {'w': tensor([1., 1.])}
+    CheckpointError False
     """
     path = _checked_path(path)
-    if not isinstance(trust_checkpoint, bool):
-        raise TypeError(f"`trust_checkpoint` must be a bool; got {trust_checkpoint!r}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        message = str(err)
-        if "weights only load failed" not in message.lower():
-            raise CheckpointError(f"could not read {path} as a torch checkpoint: {err}") from err
-        if not trust_checkpoint:
-            raise UnsafeCheckpointError(path, _refused_global(message), _short_reason(message)) from err
-    except OSError:
-        raise
-    except Exception as err:  # a corrupt or foreign file surfaces as many exception types
-        raise CheckpointError(
-            f"could not read {path} as a torch checkpoint ({type(err).__name__}: {err})"
-        ) from err
-    warnings.warn(
-        f"trust_checkpoint=True: fully unpickling {path} (torch.load(weights_only=False)); "
-        f"this runs any code the file contains. Re-save it with save_checkpoint to avoid this.",
-        UserWarning,
-        stacklevel=3,
-    )
-    return torch.load(path, map_location=map_location, weights_only=False)
+    trusted = _check_trust(trust_checkpoint)
+    with _open_checkpoint(path) as file:
+        try:
+            layout = inspect_torch_file(file, os.fstat(file.fileno()).st_size)
+        except NotATorchFile as err:
+            raise _corrupt(path, str(err)) from None
+        except ImplausibleSize as err:
+            raise CheckpointError(
+                f"refusing to read checkpoint {path}: {err}", value=str(path)
+            ) from None
+        except OSError as err:
+            raise UnreadableCheckpointError(path, err) from err
+        if layout.missing:  # not loadable here, trusted or not: never suggest trusting it
+            also = f"; it also names {', '.join(layout.code[:4])}" if layout.code else ""
+            raise _corrupt(
+                path,
+                f"it names the Python global `{layout.missing[0]}`, which does not exist here "
+                f"(a corrupt file, or one pickled with code that is not installed), so it cannot "
+                f"be unpickled{also}; nothing from it was run",
+            )
+        if not layout.code:
+            return _torch_load(file, path, map_location=map_location, weights_only=True)
+        if not trusted:
+            raise UnsafeCheckpointError(path, layout.code[0], globals=layout.code)
+        warnings.warn(
+            f"trust_checkpoint=True: fully unpickling {path} (torch.load(weights_only=False)), "
+            f"which names {', '.join(layout.code[:4])}; this runs any code the file contains. "
+            f"Re-save it with save_checkpoint to avoid this.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return _torch_load(file, path, map_location=map_location, weights_only=False)
 
 
 # --------------------------------------------------------------------------- #
@@ -324,7 +509,7 @@ def detect_format(obj: Any) -> str:
     rai_probe.models.checkpoints.CheckpointError: not a supported checkpoint: got a dict with keys ['epoch']; expected a rai_probe checkpoint, a MadryLab robustness checkpoint, or a state_dict (a mapping of names to tensors, top-level or under 'state_dict', 'model' or 'net')
     """
     if isinstance(obj, (str, os.PathLike)):
-        obj = _read_file(obj, trust_checkpoint=False, map_location="cpu")
+        obj = read_torch_file(obj, trust_checkpoint=False, map_location="cpu")
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT_TAG:
         return "rai_probe"
     if _madrylab_state(obj) is not None:
@@ -344,26 +529,30 @@ def detect_format(obj: Any) -> str:
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def _json_like(value: Any, where: str) -> Any:
-    """A copy of ``value`` made of plain containers and scalars; TypeError naming the key."""
+def _json_like(value: Any, where: str, setting: str | None = None) -> Any:
+    """A copy of ``value`` made of plain containers and scalars; SettingTypeError naming the key."""
     if type(value) in _SCALARS:
         return value
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
             if type(key) is not str:
-                raise TypeError(
-                    f"{where}: keys must be str; got {type(key).__name__} key {key!r}"
+                raise SettingTypeError(
+                    f"{where}: keys must be str; got {type(key).__name__} key {key!r}",
+                    setting=setting,
+                    value=key,
                 )
-            out[key] = _json_like(item, f"{where}[{key!r}]")
+            out[key] = _json_like(item, f"{where}[{key!r}]", setting)
         return out
     if isinstance(value, (list, tuple)):
-        items = [_json_like(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        items = [_json_like(item, f"{where}[{i}]", setting) for i, item in enumerate(value)]
         return tuple(items) if isinstance(value, tuple) else items
     hint = " (convert it with .item() / float() / int())" if hasattr(value, "item") else ""
-    raise TypeError(
+    raise SettingTypeError(
         f"{where}: must be JSON-like (str, int, float, bool, None, list, tuple, dict with str "
-        f"keys); got {type(value).__module__}.{type(value).__qualname__} {value!r}{hint}"
+        f"keys); got {type(value).__module__}.{type(value).__qualname__} {value!r}{hint}",
+        setting=setting,
+        value=value,
     )
 
 
@@ -385,7 +574,9 @@ def _mismatch_report(
     unexpected: list[str],
     mismatched: list[tuple[str, tuple, tuple]],
     num_classes: int,
-) -> str:
+) -> tuple[str, str, Any]:
+    """The report, and the setting that most likely fixes it (with the value it needs)."""
+    setting, value = "checkpoint", UNSET
     lines = [f"{where} does not match the architecture:"]
     if missing:
         lines.append(f"  missing keys ({len(missing)} of {len(expected)}): {_listing(missing)}")
@@ -404,13 +595,16 @@ def _mismatch_report(
                 f"  hint: {key} has {file_shape[0]} outputs in the file; "
                 f"pass num_classes={file_shape[0]}"
             )
+            if not missing and not unexpected:
+                setting, value = "num_classes", file_shape[0]
             break
     if given and not any(k in expected and given[k].shape == expected[k].shape for k in given):
         lines.append(
             f"  hint: no key matches; is `arch` right? the file's keys look like: "
             f"{_listing(list(given)[:3])}"
         )
-    return "\n".join(lines)
+        setting, value = "arch", UNSET
+    return "\n".join(lines), setting, value
 
 
 def _load_weights(
@@ -434,13 +628,17 @@ def _load_weights(
         if k in state and state[k].shape != expected[k].shape
     ]
     if missing or unexpected or mismatched:
-        report = _mismatch_report(where, expected, state, missing, unexpected, mismatched, num_classes)
+        report, setting, value = _mismatch_report(
+            where, expected, state, missing, unexpected, mismatched, num_classes
+        )
         if strict:
             raise CheckpointMismatchError(
                 report + "\n  (strict=False loads the matching keys and leaves the rest as built)",
                 missing,
                 unexpected,
                 mismatched,
+                setting=setting,
+                value=value,
             )
         warnings.warn(
             report + "\n  (strict=False: loaded the matching keys only)", UserWarning, stacklevel=3
@@ -460,10 +658,13 @@ def _same_values(a: Sequence[float], b: Sequence[float]) -> bool:
 
 
 def _check_override(where: str, name: str, given: Any, recorded: Any, same: bool) -> None:
+    """A :class:`CheckpointError` with ``setting=name`` when an argument contradicts the file."""
     if given is not None and not same:
-        raise ValueError(
+        raise CheckpointError(
             f"{where}: `{name}`={given!r} contradicts the file, which records {name}={recorded!r}; "
-            f"leave `{name}` unset to use the file's value"
+            f"leave `{name}` unset to use the file's value",
+            setting=name,
+            value=given,
         )
 
 
@@ -482,12 +683,12 @@ def _check_stats(
 
 def _require_arch(arch: str | None, fmt: str, path: pathlib.Path) -> str:
     if arch is None:
-        raise ValueError(
+        raise SettingTypeError(
             f"load_checkpoint: `arch` is required for {path}, a {fmt} checkpoint, which does not "
             f"record its architecture; pass one of {sorted(MODELS)} or "
-            f"'{TORCHVISION_PREFIX}<name>'"
+            f"'{TORCHVISION_PREFIX}<name>'",
+            setting="arch",
         )
-    get_arch_spec(arch)  # a clear ValueError for an unknown name
     return arch
 
 
@@ -495,24 +696,34 @@ def _own_record(obj: Mapping[str, Any], path: pathlib.Path) -> dict[str, Any]:
     """Validated fields of a file written by :func:`save_checkpoint`."""
     version = obj.get("version")
     if type(version) is not int:
-        raise CheckpointError(f"{path}: rai_probe checkpoint without an integer 'version'")
+        raise CheckpointError(f"{path}: rai_probe checkpoint without an integer 'version'", value=str(path))
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: rai_probe checkpoint version {version} is newer than this rai_probe "
-            f"reads (version {FORMAT_VERSION}); upgrade rai_probe"
+            f"reads (version {FORMAT_VERSION}); upgrade rai_probe",
+            value=str(path),
         )
     required = ("arch", "num_classes", "input_shape", "mean", "std", "state_dict")
     absent = [k for k in required if k not in obj]
     if absent:
-        raise CheckpointError(f"{path}: rai_probe checkpoint lacks the entries {absent}")
+        raise CheckpointError(f"{path}: rai_probe checkpoint lacks the entries {absent}", value=str(path))
     if not _is_tensor_mapping(obj["state_dict"]):
-        raise CheckpointError(f"{path}: the 'state_dict' entry is not a mapping of names to tensors")
+        raise CheckpointError(
+            f"{path}: the 'state_dict' entry is not a mapping of names to tensors",
+            value=str(path),
+        )
     record = {k: obj.get(k) for k in ModelInfo.__dataclass_fields__ if k in obj}
     record.pop("source", None)
     record.pop("checkpoint_format", None)
-    for key in ("training", "metrics"):
-        record[key] = dict(record.get(key) or {})
-    record["class_names"] = tuple(record.get("class_names") or ())
+    try:
+        for key in ("training", "metrics"):
+            record[key] = dict(record.get(key) or {})
+        names = record.get("class_names") or ()
+        record["class_names"] = names if isinstance(names, str) else tuple(names)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: invalid metadata in rai_probe checkpoint: {err}", value=str(path)
+        ) from None
     return record
 
 
@@ -520,7 +731,9 @@ def _info_from_record(record: Mapping[str, Any], path: pathlib.Path) -> ModelInf
     try:
         return ModelInfo(**record, source=str(path), checkpoint_format="rai_probe")
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: invalid metadata in rai_probe checkpoint: {err}") from err
+        raise CheckpointError(
+            f"{path}: invalid metadata in rai_probe checkpoint: {err}", value=str(path)
+        ) from err
 
 
 def _load_own(
@@ -544,17 +757,34 @@ def _load_own(
     if info.arch not in MODELS and not info.arch.startswith(TORCHVISION_PREFIX):
         raise CheckpointError(
             f"{path} was saved with architecture {info.arch!r}, which is not registered here; "
-            f"register it with rai_probe.models.register_model first (registered: {sorted(MODELS)})"
+            f"register it with rai_probe.models.register_model first (registered: {sorted(MODELS)})",
+            value=str(path),
         )
-    model = build_model(
-        info.arch,
-        num_classes=info.num_classes,
-        mean=info.mean,
-        std=info.std,
-        class_names=info.class_names if class_names is None else class_names,
-        input_shape=info.input_shape,
-    )
-    info.class_names = model.info.class_names
+    if class_names is not None:  # the one override that may differ from the file: check it here
+        names = _checked_class_names(where, class_names)
+        if len(names) != info.num_classes:
+            raise SettingError(
+                f"{where}: `class_names` has {len(names)} entries but the file's model has "
+                f"num_classes={info.num_classes}",
+                setting="class_names",
+                value=class_names,
+            )
+        info.class_names = names
+    try:  # every other value comes from the file: a failure is the file's
+        model = build_model(
+            info.arch,
+            num_classes=info.num_classes,
+            mean=info.mean,
+            std=info.std,
+            class_names=info.class_names,
+            input_shape=info.input_shape,
+        )
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"{path}: the rai_probe checkpoint's metadata does not fit architecture "
+            f"{info.arch!r}: {err}",
+            value=str(path),
+        ) from err
     model.info = info
     _load_weights(
         model.model,
@@ -573,7 +803,10 @@ def _normalizer_from_file(
     if mean_key not in state and std_key not in state:
         return None
     if mean_key not in state or std_key not in state:
-        raise CheckpointError(f"{path}: the normalizer has only one of {mean_key!r} and {std_key!r}")
+        raise CheckpointError(
+            f"{path}: the normalizer has only one of {mean_key!r} and {std_key!r}",
+            value=str(path),
+        )
     return _short_floats(state[mean_key]), _short_floats(state[std_key])
 
 
@@ -585,6 +818,38 @@ def _short_floats(values: Tensor) -> tuple[float, ...]:
     """
     flat = values.detach().to("cpu", torch.float32).reshape(-1).numpy()
     return tuple(float(np.format_float_positional(v, unique=True, trim="0")) for v in flat)
+
+
+def _checked_class_names(where: str, class_names: Any) -> tuple[str, ...]:
+    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence) or not all(
+        isinstance(name, str) for name in class_names
+    ):
+        raise SettingTypeError(
+            f"{where}: `class_names` must be a sequence of str; got {class_names!r}",
+            setting="class_names",
+            value=class_names,
+        )
+    return tuple(class_names)
+
+
+def _check_arguments(
+    arch: Any, num_classes: Any, mean: Any, std: Any, class_names: Any, strict: Any
+) -> None:
+    """Cheap checks of :func:`load_checkpoint`'s arguments, before the file is read."""
+    where = "load_checkpoint"
+    if not isinstance(strict, bool):
+        raise SettingTypeError(
+            f"{where}: `strict` must be a bool; got {strict!r}", setting="strict", value=strict
+        )
+    if arch is not None:
+        get_arch_spec(arch)  # a SettingError (setting="arch") listing the names
+    if num_classes is not None:
+        _positive_int(where, "num_classes", num_classes)
+    if mean is not None or std is not None:
+        _check_mean_std(where, (0.0,) if mean is None else mean, (1.0,) if std is None else std,
+                        same_length=mean is not None and std is not None)
+    if class_names is not None:
+        _checked_class_names(where, class_names)
 
 
 def load_checkpoint(
@@ -618,9 +883,11 @@ def load_checkpoint(
         Replace the recorded / default class names.
     trust_checkpoint : bool, default False
         Allow full unpickling (``torch.load(weights_only=False)``) of a file
-        that ``weights_only=True`` refuses. Only for files from a source you
-        trust: unpickling can run arbitrary code. A warning is issued when it
-        happens.
+        that holds code (Python globals ``weights_only=True`` does not admit).
+        Only the bool ``True`` trusts (``1`` or ``"true"`` are refused). Only
+        for files from a source you trust: unpickling can run arbitrary code.
+        A warning is issued when it happens; a file without code is read with
+        ``weights_only=True`` either way.
     map_location : default "cpu"
         Passed to ``torch.load``; the model is built on the CPU and receives
         the loaded values.
@@ -638,16 +905,24 @@ def load_checkpoint(
 
     Raises
     ------
-    FileNotFoundError
-        No file at ``path``.
+    CheckpointNotFoundError
+        No file at ``path`` (a ``FileNotFoundError``; ``setting="checkpoint"``).
+    UnreadableCheckpointError
+        The file cannot be read: permission denied, a folder, ... (an ``OSError``).
     UnsafeCheckpointError
-        The file needs full unpickling and ``trust_checkpoint`` is false.
+        The file holds code and ``trust_checkpoint`` is not ``True``
+        (``setting="trust_checkpoint"``).
     CheckpointMismatchError
-        Keys or shapes do not match (strict).
+        Keys or shapes do not match (strict; ``setting`` ``"num_classes"``,
+        ``"arch"`` or ``"checkpoint"``).
     CheckpointError
-        An unreadable file or an unsupported format.
-    ValueError
-        Missing or unknown ``arch``, or options that contradict the file.
+        Not a torch checkpoint (corrupt, truncated, another format), a size
+        refused before reading, an unsupported format (``setting="checkpoint"``),
+        or an argument that contradicts the file (``setting`` is that argument).
+    SettingError, SettingTypeError
+        A bad argument (``setting`` names it): a missing or unknown ``arch``, a
+        ``num_classes`` that is not a positive int, a bad ``mean`` / ``std``,
+        ``strict`` or ``trust_checkpoint`` not a bool.
 
     Examples
     --------
@@ -665,9 +940,8 @@ def load_checkpoint(
     >>> torch.equal(loaded(x), net(x)), loaded.info.checkpoint_format, loaded.training
     (True, 'state_dict', False)
     """
-    if not isinstance(strict, bool):
-        raise TypeError(f"load_checkpoint: `strict` must be a bool; got {strict!r}")
-    obj = _read_file(path, trust_checkpoint=trust_checkpoint, map_location=map_location)
+    _check_arguments(arch, num_classes, mean, std, class_names, strict)
+    obj = read_torch_file(path, trust_checkpoint=trust_checkpoint, map_location=map_location)
     path = pathlib.Path(path)
     fmt = detect_format(obj)
     if fmt == "rai_probe":
@@ -743,13 +1017,14 @@ def read_checkpoint_info(path: str | os.PathLike) -> ModelInfo:
     >>> info.arch, info.dataset, info.training
     ('small_cnn', 'mnist', {'epochs': 2})
     """
-    obj = _read_file(path, trust_checkpoint=False, map_location="cpu")
+    obj = read_torch_file(path, trust_checkpoint=False, map_location="cpu")
     path = pathlib.Path(path)
     fmt = detect_format(obj)
     if fmt != "rai_probe":
         raise CheckpointError(
             f"{path} is a {fmt} checkpoint, which records no metadata; only files written by "
-            f"save_checkpoint do. Load it with load_checkpoint(path, arch=...)"
+            f"save_checkpoint do. Load it with load_checkpoint(path, arch=...)",
+            value=str(path),
         )
     return _info_from_record(_own_record(obj, path), path)
 
@@ -813,32 +1088,43 @@ def save_checkpoint(
     >>> save_checkpoint(build_model("small_cnn"), "unused.pt", metrics={"acc": torch.tensor(0.5)})
     Traceback (most recent call last):
     ...
-    TypeError: save_checkpoint: metrics['acc']: must be JSON-like (str, int, float, bool, None, list, tuple, dict with str keys); got torch.Tensor tensor(0.5000) (convert it with .item() / float() / int())
+    rai_probe.errors.SettingTypeError: save_checkpoint: metrics['acc']: must be JSON-like (str, int, float, bool, None, list, tuple, dict with str keys); got torch.Tensor tensor(0.5000) (convert it with .item() / float() / int())
     """
     if not isinstance(model, NormalizedModel):
-        raise TypeError(
+        raise SettingTypeError(
             f"save_checkpoint: `model` must be a NormalizedModel (see build_model); "
-            f"got {type(model).__name__}"
+            f"got {type(model).__name__}",
+            setting="model",
+            value=model,
         )
     info = model.info
     training = _json_like(
-        dict(info.training) if training is None else training, "save_checkpoint: training"
+        dict(info.training) if training is None else training, "save_checkpoint: training", "training"
     )
     metrics = _json_like(
-        dict(info.metrics) if metrics is None else metrics, "save_checkpoint: metrics"
+        dict(info.metrics) if metrics is None else metrics, "save_checkpoint: metrics", "metrics"
     )
-    if not isinstance(training, dict) or not isinstance(metrics, dict):
-        raise TypeError("save_checkpoint: `training` and `metrics` must be dicts")
+    for name, value in (("training", training), ("metrics", metrics)):
+        if not isinstance(value, dict):
+            raise SettingTypeError(
+                f"save_checkpoint: `{name}` must be a dict; got {type(value).__name__}",
+                setting=name,
+                value=value,
+            )
     try:
         get_arch_spec(info.arch)
     except (ValueError, ImportError) as err:
-        raise ValueError(
+        raise SettingError(
             f"save_checkpoint: the model's architecture {info.arch!r} could not be rebuilt from "
-            f"the file ({err})"
+            f"the file ({err})",
+            setting="model",
+            value=info.arch,
         ) from err
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(
-            f"save_checkpoint: `path` must be a str or os.PathLike; got {type(path).__name__}"
+        raise SettingTypeError(
+            f"save_checkpoint: `path` must be a str or os.PathLike; got {type(path).__name__}",
+            setting="path",
+            value=path,
         )
     path = pathlib.Path(path)
     if not path.parent.is_dir():

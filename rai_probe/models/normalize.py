@@ -34,6 +34,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import SettingError, SettingTypeError
+
 __all__ = ["Normalize", "NormalizedModel", "ModelInfo"]
 
 
@@ -42,33 +44,52 @@ def _float_tuple(where: str, name: str, values: Any) -> tuple[float, ...]:
     if isinstance(values, Tensor):
         values = values.detach().cpu().reshape(-1).tolist()
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(
-            f"{where}: `{name}` must be a sequence of numbers (one per channel); got {values!r}"
+        raise SettingTypeError(
+            f"{where}: `{name}` must be a sequence of numbers (one per channel); got {values!r}",
+            setting=name,
+            value=values,
         )
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(
-                f"{where}: `{name}` must hold real numbers (one per channel); got {values!r}"
+            raise SettingTypeError(
+                f"{where}: `{name}` must hold real numbers (one per channel); got {values!r}",
+                setting=name,
+                value=values,
             )
         if not math.isfinite(float(v)):
-            raise ValueError(f"{where}: `{name}` must hold finite numbers; got {values!r}")
+            raise SettingError(
+                f"{where}: `{name}` must hold finite numbers; got {values!r}", setting=name, value=values
+            )
         out.append(float(v))
     if not out:
-        raise ValueError(f"{where}: `{name}` must hold at least one value (one per channel)")
+        raise SettingError(
+            f"{where}: `{name}` must hold at least one value (one per channel)", setting=name, value=values
+        )
     return tuple(out)
 
 
-def _check_mean_std(where: str, mean: Any, std: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _check_mean_std(
+    where: str, mean: Any, std: Any, *, same_length: bool = True, blame: str = "std"
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Both as tuples of finite floats, ``std > 0``; SettingError with ``setting`` "mean" or "std".
+
+    ``blame`` is the setting a length mismatch is reported against (the one
+    the caller was given, when the other is a default).
+    """
     mean_t = _float_tuple(where, "mean", mean)
     std_t = _float_tuple(where, "std", std)
-    if len(mean_t) != len(std_t):
-        raise ValueError(
+    if same_length and len(mean_t) != len(std_t):
+        raise SettingError(
             f"{where}: `mean` and `std` must have one value per channel, the same number; "
-            f"got {len(mean_t)} means {mean_t} and {len(std_t)} stds {std_t}"
+            f"got {len(mean_t)} means {mean_t} and {len(std_t)} stds {std_t}",
+            setting=blame,
+            value=mean if blame == "mean" else std,
         )
     if any(s <= 0 for s in std_t):
-        raise ValueError(f"{where}: every entry of `std` must be > 0; got std={std_t}")
+        raise SettingError(
+            f"{where}: every entry of `std` must be > 0; got std={std_t}", setting="std", value=std
+        )
     return mean_t, std_t
 
 
@@ -176,7 +197,7 @@ class ModelInfo:
     >>> ModelInfo(arch="x", num_classes=2, input_shape=(3, 8, 8), mean=(0.5,), std=(1.0,))
     Traceback (most recent call last):
     ...
-    ValueError: ModelInfo: `mean` and `std` need one value per input channel (input_shape[0] = 3); got 1
+    rai_probe.errors.SettingError: ModelInfo: `mean` and `std` need one value per input channel (input_shape[0] = 3); got 1
     """
 
     arch: str
@@ -194,42 +215,68 @@ class ModelInfo:
     def __post_init__(self) -> None:
         where = "ModelInfo"
         if not isinstance(self.arch, str) or not self.arch:
-            raise TypeError(f"{where}: `arch` must be a non-empty str; got {self.arch!r}")
+            raise SettingTypeError(
+                f"{where}: `arch` must be a non-empty str; got {self.arch!r}", setting="arch", value=self.arch
+            )
         self.num_classes = _positive_int(where, "num_classes", self.num_classes)
         self.input_shape = _input_shape(where, self.input_shape)
         self.mean, self.std = _check_mean_std(where, self.mean, self.std)
         if len(self.mean) != self.input_shape[0]:
-            raise ValueError(
+            raise SettingError(
                 f"{where}: `mean` and `std` need one value per input channel "
-                f"(input_shape[0] = {self.input_shape[0]}); got {len(self.mean)}"
+                f"(input_shape[0] = {self.input_shape[0]}); got {len(self.mean)}",
+                setting="mean",
+                value=self.mean,
             )
         names = self.class_names
         if isinstance(names, str) or not isinstance(names, Sequence):
-            raise TypeError(f"{where}: `class_names` must be a sequence of str; got {names!r}")
+            raise SettingTypeError(
+                f"{where}: `class_names` must be a sequence of str; got {names!r}",
+                setting="class_names",
+                value=names,
+            )
         if len(names) == 0:
             names = tuple(str(i) for i in range(self.num_classes))
         if not all(isinstance(n, str) for n in names):
-            raise TypeError(f"{where}: `class_names` must hold str only; got {tuple(names)!r}")
+            raise SettingTypeError(
+                f"{where}: `class_names` must hold str only; got {tuple(names)!r}",
+                setting="class_names",
+                value=names,
+            )
         if len(names) != self.num_classes:
-            raise ValueError(
+            raise SettingError(
                 f"{where}: `class_names` must have num_classes = {self.num_classes} entries; "
-                f"got {len(names)}"
+                f"got {len(names)}",
+                setting="class_names",
+                value=names,
             )
         self.class_names = tuple(names)
         for name in ("dataset", "source", "checkpoint_format"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise TypeError(f"{where}: `{name}` must be a str or None; got {value!r}")
+                raise SettingTypeError(
+                    f"{where}: `{name}` must be a str or None; got {value!r}", setting=name, value=value
+                )
         for name in ("training", "metrics"):
             if not isinstance(getattr(self, name), dict):
-                raise TypeError(
-                    f"{where}: `{name}` must be a dict; got {type(getattr(self, name)).__name__}"
+                raise SettingTypeError(
+                    f"{where}: `{name}` must be a dict; got {type(getattr(self, name)).__name__}",
+                    setting=name,
+                    value=getattr(self, name),
                 )
 
 
 def _positive_int(where: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{where}: `{name}` must be a positive int; got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SettingTypeError(
+            f"{where}: `{name}` must be a positive int; got {value!r}", setting=name, value=value
+        )
+    if value < 1:
+        raise SettingError(
+            f"{where}: `{name}` must be a positive int; got {value!r}",
+            setting=name,
+            value=value,
+        )
     return int(value)
 
 
@@ -239,8 +286,10 @@ def _input_shape(where: str, shape: Any) -> tuple[int, int, int]:
         isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape
     )
     if not ok:
-        raise ValueError(
-            f"{where}: `input_shape` must be (C, H, W), three positive ints; got {shape!r}"
+        raise SettingError(
+            f"{where}: `input_shape` must be (C, H, W), three positive ints; got {shape!r}",
+            setting="input_shape",
+            value=shape,
         )
     return tuple(int(s) for s in shape)  # type: ignore[return-value]
 
@@ -287,12 +336,16 @@ class NormalizedModel(nn.Module):
     def __init__(self, model: nn.Module, info: ModelInfo) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"NormalizedModel: `model` must be an nn.Module; got {type(model).__name__}"
+            raise SettingTypeError(
+                f"NormalizedModel: `model` must be an nn.Module; got {type(model).__name__}",
+                setting="model",
+                value=model,
             )
         if not isinstance(info, ModelInfo):
-            raise TypeError(
-                f"NormalizedModel: `info` must be a ModelInfo; got {type(info).__name__}"
+            raise SettingTypeError(
+                f"NormalizedModel: `info` must be a ModelInfo; got {type(info).__name__}",
+                setting="info",
+                value=info,
             )
         self.normalizer = Normalize(info.mean, info.std)
         self.model = model

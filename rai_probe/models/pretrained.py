@@ -22,7 +22,7 @@ True
 >>> pretrained_path("no_such_model")    # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: unknown pretrained model 'no_such_model'; available: ['small_cnn_mnist5k_l2']
+rai_probe.errors.SettingError: unknown pretrained model 'no_such_model'; available: ['small_cnn_mnist5k_l2']
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import os
 import pathlib
 from typing import Any
 
+from ..errors import SettingError
 from .checkpoints import load_checkpoint
 from .normalize import NormalizedModel
 
@@ -55,8 +56,9 @@ def pretrained_path(name: str = DEFAULT_MODEL) -> pathlib.Path:
 
     Raises
     ------
-    ValueError
-        ``name`` is not in :data:`PRETRAINED` (the message lists the names).
+    SettingError
+        ``name`` is not in :data:`PRETRAINED` (the message lists the names);
+        ``setting="pretrained"``.
     FileNotFoundError
         The file is missing from the installation (e.g. package data not
         installed); the message names the path.
@@ -67,7 +69,11 @@ def pretrained_path(name: str = DEFAULT_MODEL) -> pathlib.Path:
     'small_cnn_mnist5k_l2.pt'
     """
     if not isinstance(name, str) or name not in PRETRAINED:
-        raise ValueError(f"unknown pretrained model {name!r}; available: {sorted(PRETRAINED)}")
+        raise SettingError(
+            f"unknown pretrained model {name!r}; available: {sorted(PRETRAINED)}",
+            setting="pretrained",
+            value=name,
+        )
     try:
         folder = _weights_dir()
     except TypeError as err:  # a resource that is not a plain file (e.g. a zipped install)
@@ -97,8 +103,11 @@ def load_pretrained(name: str = DEFAULT_MODEL, *, map_location: Any = "cpu") -> 
 
     Raises
     ------
-    ValueError, FileNotFoundError
+    SettingError, FileNotFoundError
         As :func:`pretrained_path`.
+    CheckpointError
+        The shipped file is damaged (it is read like any checkpoint, with
+        ``weights_only=True`` and the same structural checks; it is never trusted).
 
     Examples
     --------
@@ -109,7 +118,7 @@ def load_pretrained(name: str = DEFAULT_MODEL, *, map_location: Any = "cpu") -> 
     >>> load_pretrained("resnet")
     Traceback (most recent call last):
     ...
-    ValueError: unknown pretrained model 'resnet'; available: ['small_cnn_mnist5k_l2']
+    rai_probe.errors.SettingError: unknown pretrained model 'resnet'; available: ['small_cnn_mnist5k_l2']
     """
     model = load_checkpoint(pretrained_path(name), map_location=map_location)
     model.info.source = f"builtin:{name}"

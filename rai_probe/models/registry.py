@@ -30,12 +30,12 @@ Examples
 from __future__ import annotations
 
 import importlib
-import numbers
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from torch import nn
 
+from ..errors import SettingError, SettingTypeError
 from .normalize import ModelInfo, NormalizedModel, _check_mean_std, _input_shape, _positive_int
 from .resnet_cifar import cifar_resnet18, cifar_resnet50
 from .resnet_imagenet import imagenet_resnet50
@@ -124,18 +124,30 @@ class ArchSpec:
     def __post_init__(self) -> None:
         where = f"ArchSpec({self.name!r})"
         if not isinstance(self.name, str) or not self.name:
-            raise TypeError(f"ArchSpec: `name` must be a non-empty str; got {self.name!r}")
+            raise SettingTypeError(
+                f"ArchSpec: `name` must be a non-empty str; got {self.name!r}", setting="name", value=self.name
+            )
         if not callable(self.builder):
-            raise TypeError(f"{where}: `builder` must be callable(num_classes) -> nn.Module")
+            raise SettingTypeError(
+                f"{where}: `builder` must be callable(num_classes) -> nn.Module",
+                setting="builder",
+                value=self.builder,
+            )
         shape = _input_shape(where, self.input_shape)
         mean, std = _check_mean_std(where, self.mean, self.std)
         if len(mean) != shape[0]:
-            raise ValueError(
+            raise SettingError(
                 f"{where}: `mean` and `std` need one value per input channel "
-                f"(input_shape[0] = {shape[0]}); got {len(mean)}"
+                f"(input_shape[0] = {shape[0]}); got {len(mean)}",
+                setting="mean",
+                value=self.mean,
             )
         if isinstance(self.ignored_keys, str):
-            raise TypeError(f"{where}: `ignored_keys` must be a tuple of str, not a str")
+            raise SettingTypeError(
+                f"{where}: `ignored_keys` must be a tuple of str, not a str",
+                setting="ignored_keys",
+                value=self.ignored_keys,
+            )
         object.__setattr__(self, "input_shape", shape)
         object.__setattr__(self, "num_classes", _positive_int(where, "num_classes", self.num_classes))
         object.__setattr__(self, "mean", mean)
@@ -243,24 +255,32 @@ def register_model(spec: ArchSpec, *, replace: bool = False) -> None:
     >>> del MODELS["doc_linear"]    # tidy up the global registry
     """
     if not isinstance(spec, ArchSpec):
-        raise TypeError(f"register_model: `spec` must be an ArchSpec; got {type(spec).__name__}")
+        raise SettingTypeError(
+            f"register_model: `spec` must be an ArchSpec; got {type(spec).__name__}", setting="spec", value=spec
+        )
     if spec.name.startswith(TORCHVISION_PREFIX):
-        raise ValueError(
+        raise SettingError(
             f"register_model: names starting with {TORCHVISION_PREFIX!r} are reserved for "
-            f"torchvision models; got {spec.name!r}"
+            f"torchvision models; got {spec.name!r}",
+            setting="spec",
+            value=spec.name,
         )
     if spec.name in MODELS and not replace:
-        raise ValueError(
-            f"register_model: {spec.name!r} is already registered; pass replace=True to replace it"
+        raise SettingError(
+            f"register_model: {spec.name!r} is already registered; pass replace=True to replace it",
+            setting="replace",
+            value=replace,
         )
     MODELS[spec.name] = spec
 
 
-def _unknown(name: object) -> ValueError:
-    return ValueError(
+def _unknown(name: object) -> SettingError:
+    return SettingError(
         f"unknown model architecture {name!r}; registered names: {sorted(MODELS)}, "
         f"or '{TORCHVISION_PREFIX}<name>' for any torchvision.models classifier "
-        f"(needs the optional torchvision: pip install rai_probe[vision])"
+        f"(needs the optional torchvision: pip install rai_probe[vision])",
+        setting="arch",
+        value=name,
     )
 
 
@@ -279,9 +299,11 @@ def _torchvision_spec(name: str) -> ArchSpec:
     else:  # torchvision < 0.14
         available, known = [], callable(getattr(tv_models, tv_name, None))
     if not tv_name or not known:
-        raise ValueError(
+        raise SettingError(
             f"unknown torchvision model {tv_name!r} (from {name!r}); torchvision classifiers: "
-            f"{available or 'see torchvision.models'}"
+            f"{available or 'see torchvision.models'}",
+            setting="arch",
+            value=name,
         )
 
     def builder(num_classes: int) -> nn.Module:
@@ -306,8 +328,10 @@ def get_arch_spec(name: str) -> ArchSpec:
 
     Raises
     ------
-    ValueError
-        Unknown name (the message lists the registered names).
+    SettingError
+        Unknown name (the message lists the registered names); ``setting="arch"``.
+    SettingTypeError
+        ``name`` is not a str.
     ImportError
         A ``torchvision:`` name without torchvision installed.
 
@@ -318,10 +342,12 @@ def get_arch_spec(name: str) -> ArchSpec:
     >>> get_arch_spec("resnet18")    # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: unknown model architecture 'resnet18'; registered names: [...], or 'torchvision:<name>' ...
+    rai_probe.errors.SettingError: unknown model architecture 'resnet18'; registered names: [...], or 'torchvision:<name>' ...
     """
     if not isinstance(name, str):
-        raise TypeError(f"model architecture name must be a str; got {type(name).__name__}")
+        raise SettingTypeError(
+            f"model architecture name must be a str; got {type(name).__name__}", setting="arch", value=name
+        )
     if name in MODELS:
         return MODELS[name]
     if name.startswith(TORCHVISION_PREFIX):
@@ -364,8 +390,12 @@ def build_model(
 
     Raises
     ------
-    ValueError
-        Unknown ``name`` (listing the registered names) or inconsistent options.
+    SettingError
+        Unknown ``name`` (listing the registered names; ``setting="arch"``) or
+        inconsistent options (``setting`` names the option: ``"num_classes"``,
+        ``"class_names"``, ``"input_shape"``, ``"mean"``, ``"std"``).
+    SettingTypeError
+        An option of the wrong type.
 
     Examples
     --------
@@ -382,35 +412,48 @@ def build_model(
     where = f"build_model({name!r})"
     if class_names is not None:
         if isinstance(class_names, str) or not isinstance(class_names, Sequence):
-            raise TypeError(f"{where}: `class_names` must be a sequence of str; got {class_names!r}")
+            raise SettingTypeError(
+                f"{where}: `class_names` must be a sequence of str; got {class_names!r}",
+                setting="class_names",
+                value=class_names,
+            )
         class_names = tuple(class_names)
     if num_classes is None:
         num_classes = len(class_names) if class_names else spec.num_classes
-    is_int = isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool)
-    if not is_int or num_classes < 1:
-        raise ValueError(f"{where}: `num_classes` must be a positive int; got {num_classes!r}")
+    num_classes = _positive_int(where, "num_classes", num_classes)
     if class_names and len(class_names) != num_classes:
-        raise ValueError(
-            f"{where}: `class_names` has {len(class_names)} entries but num_classes={num_classes}"
+        raise SettingError(
+            f"{where}: `class_names` has {len(class_names)} entries but num_classes={num_classes}",
+            setting="class_names",
+            value=class_names,
         )
     shape = spec.input_shape if input_shape is None else _input_shape(where, input_shape)
     if shape[0] != spec.input_shape[0]:
-        raise ValueError(
+        raise SettingError(
             f"{where}: this architecture takes {spec.input_shape[0]} input channel(s); "
-            f"got input_shape={shape}"
+            f"got input_shape={shape}",
+            setting="input_shape",
+            value=input_shape,
         )
     if shape[1:] != spec.input_shape[1:] and not spec.flexible_size:
-        raise ValueError(
+        raise SettingError(
             f"{where}: this architecture needs inputs of exactly {spec.input_shape}; "
-            f"got input_shape={shape}"
+            f"got input_shape={shape}",
+            setting="input_shape",
+            value=input_shape,
         )
     mean_t, std_t = _check_mean_std(
-        where, spec.mean if mean is None else mean, spec.std if std is None else std
+        where,
+        spec.mean if mean is None else mean,
+        spec.std if std is None else std,
+        blame="mean" if mean is not None and std is None else "std",
     )
     if len(mean_t) != shape[0]:
-        raise ValueError(
+        raise SettingError(
             f"{where}: `mean` and `std` need one value per input channel ({shape[0]}); "
-            f"got mean={mean_t}, std={std_t}"
+            f"got mean={mean_t}, std={std_t}",
+            setting="mean" if mean is not None else "std",
+            value=mean if mean is not None else std,
         )
     info = ModelInfo(
         arch=name,
@@ -423,7 +466,9 @@ def build_model(
     )
     classifier = spec.builder(int(num_classes))
     if not isinstance(classifier, nn.Module):
-        raise TypeError(
-            f"{where}: the spec's builder returned {type(classifier).__name__}, not an nn.Module"
+        raise SettingTypeError(
+            f"{where}: the spec's builder returned {type(classifier).__name__}, not an nn.Module",
+            setting="arch",
+            value=name,
         )
     return NormalizedModel(classifier, info)

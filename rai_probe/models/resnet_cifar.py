@@ -38,6 +38,8 @@ from typing import Sequence, Type, Union
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import SettingError
+
 __all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "cifar_resnet18", "cifar_resnet50"]
 
 
@@ -141,7 +143,11 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(num_blocks) != 4:
-            raise ValueError(f"CifarResNet: `num_blocks` must have 4 entries; got {num_blocks!r}")
+            raise SettingError(
+                f"CifarResNet: `num_blocks` must have 4 entries; got {num_blocks!r}",
+                setting="num_blocks",
+                value=num_blocks,
+            )
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         in_planes = 64

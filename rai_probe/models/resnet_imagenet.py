@@ -35,6 +35,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from ..errors import SettingError
+
 __all__ = ["ImageNetBottleneck", "ImageNetResNet", "imagenet_resnet50"]
 
 
@@ -101,7 +103,9 @@ class ImageNetResNet(nn.Module):
     def __init__(self, layers: Sequence[int], num_classes: int = 1000, in_channels: int = 3) -> None:
         super().__init__()
         if len(layers) != 4:
-            raise ValueError(f"ImageNetResNet: `layers` must have 4 entries; got {layers!r}")
+            raise SettingError(
+                f"ImageNetResNet: `layers` must have 4 entries; got {layers!r}", setting="layers", value=layers
+            )
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)

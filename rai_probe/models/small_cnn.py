@@ -35,6 +35,8 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
+from ..errors import SettingError
+
 __all__ = ["SmallCNN", "MadryMnistCNN"]
 
 
@@ -63,7 +65,9 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"SmallCNN: `dropout` must be in [0, 1); got {dropout!r}")
+            raise SettingError(
+                f"SmallCNN: `dropout` must be in [0, 1); got {dropout!r}", setting="dropout", value=dropout
+            )
         self.feature_extractor = nn.Sequential(
             OrderedDict(
                 [

@@ -41,6 +41,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import SettingError
+
 __all__ = ["WideBasicBlock", "NetworkBlock", "WideResNet", "wide_resnet28_10"]
 
 
@@ -148,9 +150,11 @@ class WideResNet(nn.Module):
     ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(
+            raise SettingError(
                 f"WideResNet: `depth` - 4 must be a positive multiple of 6 (10, 16, 22, 28, ...); "
-                f"got depth={depth!r}"
+                f"got depth={depth!r}",
+                setting="depth",
+                value=depth,
             )
         n = (depth - 4) // 6
         widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)

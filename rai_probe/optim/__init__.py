@@ -8,9 +8,13 @@ step, broadcasting over rows chosen by ``param_ndim``. The tensor math lives in
 
 Sparsity convention: ``q`` is the fraction of entries **dropped** (``q=0.99``
 keeps the largest 1 %).
+
+Non-finite gradients: a row whose gradient holds a NaN or ±Inf is left
+unchanged by a step and counted in ``optim.skipped_rows``
+(:mod:`rai_probe.optim.nonfinite`).
 """
 
-from . import functional, options
+from . import functional, nonfinite, options
 from .options import REQUIRED
 from .chained import ChainedParamTransformingOptimizer
 from .clamped import ClampedGradientOptimizer, ClampedParameterOptimizer
@@ -29,6 +33,7 @@ from .projected import L1ProjectedOptim, L2ProjectedOptim, LinfProjectedOptim
 __all__ = [
     "REQUIRED",
     "functional",
+    "nonfinite",
     "options",
     "ParamTransformingOptimizer",
     "ChainedParamTransformingOptimizer",

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping
 from torch import Tensor
 from torch.optim import SGD, Optimizer
 
+from ..errors import SettingError, SettingTypeError
 from .param_transforming import ParamTransformingOptimizer
 
 __all__ = ["ChainedParamTransformingOptimizer"]
@@ -87,15 +88,19 @@ class ChainedParamTransformingOptimizer(ParamTransformingOptimizer):
         **inner_opt_kwargs: Any,
     ) -> None:
         if not transforming_optimizers:
-            raise TypeError(
-                "ChainedParamTransformingOptimizer needs at least one transforming optimizer"
+            raise SettingTypeError(
+                "ChainedParamTransformingOptimizer needs at least one transforming optimizer",
+                setting="transforming_optimizers",
+                value=(),
             )
         for index, factory in enumerate(transforming_optimizers):
             if _member_class(factory) is None:
-                raise TypeError(
+                raise SettingTypeError(
                     f"ChainedParamTransformingOptimizer: member {index} must be a "
                     "ParamTransformingOptimizer subclass or a functools.partial of one; "
-                    f"got {factory!r}"
+                    f"got {factory!r}",
+                    setting="transforming_optimizers",
+                    value=factory,
                 )
         self._factories = transforming_optimizers
         self._members: tuple[ParamTransformingOptimizer, ...] = ()
@@ -164,9 +169,10 @@ class ChainedParamTransformingOptimizer(ParamTransformingOptimizer):
         super().load_state_dict(state)
         if members is not None:
             if len(members) != len(self._members):
-                raise ValueError(
+                raise SettingError(
                     f"loaded state dict has {len(members)} chain members; "
-                    f"this chain has {len(self._members)}"
+                    f"this chain has {len(self._members)}",
+                    setting="state_dict",
                 )
             for member, member_state in zip(self._members, members):
                 member.load_state_dict(member_state)

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 from torch import Tensor
 from torch.optim import SGD
 
+from ..errors import SettingError, SettingTypeError
 from . import options as opt
 from .normed import InnerOptimizer, Params
 from .param_transforming import ParamTransformingOptimizer
@@ -17,7 +18,7 @@ __all__ = ["ClampedGradientOptimizer", "ClampedParameterOptimizer"]
 class _ClampingOptimizer(ParamTransformingOptimizer):
     """Shared options and checks: ``clamp_min <= clamp_max``, at least one given."""
 
-    _options = {"clamp_min": opt.optional_real, "clamp_max": opt.optional_real}
+    _options = {"clamp_min": opt.lower_bound, "clamp_max": opt.upper_bound}
 
     def __init__(
         self,
@@ -46,11 +47,16 @@ class _ClampingOptimizer(ParamTransformingOptimizer):
         super()._prepare_group(group, where)
         low, high = group["clamp_min"], group["clamp_max"]
         if low is None and high is None:
-            raise TypeError(f"{where}: missing required option: give `clamp_min`, `clamp_max` or both")
+            raise SettingTypeError(
+                f"{where}: missing required option: give `clamp_min`, `clamp_max` or both",
+                setting="clamp_min",
+            )
         if low is not None and high is not None and low > high:
-            raise ValueError(
+            raise SettingError(
                 f"{where}: options must satisfy clamp_min <= clamp_max; "
-                f"got clamp_min={low!r}, clamp_max={high!r}"
+                f"got clamp_min={low!r}, clamp_max={high!r}",
+                setting="clamp_min",
+                value=low,
             )
 
     @staticmethod

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import SettingError
 from . import options as opt
 from .param_transforming import ParamTransformingOptimizer, rows_shape
 
@@ -47,15 +48,19 @@ class BallConstrained(ParamTransformingOptimizer):
         for index, param in enumerate(group["params"]):
             n_rows = rows_shape(param.shape, group["param_ndim"])[0]
             if isinstance(epsilon, Tensor) and epsilon.numel() != n_rows:
-                raise ValueError(
+                raise SettingError(
                     f"{where}: option `epsilon` must be a float or hold one radius per row; "
                     f"parameter {index} of shape {tuple(param.shape)} has {n_rows} rows with "
-                    f"param_ndim={group['param_ndim']}, got epsilon of shape {tuple(epsilon.shape)}"
+                    f"param_ndim={group['param_ndim']}, got epsilon of shape {tuple(epsilon.shape)}",
+                    setting="epsilon",
+                    value=epsilon,
                 )
             for side in box or ():
                 if isinstance(side, Tensor) and side.numel() not in (1, param.numel()):
-                    raise ValueError(
+                    raise SettingError(
                         f"{where}: option `bounds` must hold numbers or tensors with the "
                         f"parameter's {param.numel()} elements; parameter {index} has shape "
-                        f"{tuple(param.shape)}, got a bound of shape {tuple(side.shape)}"
+                        f"{tuple(param.shape)}, got a bound of shape {tuple(side.shape)}",
+                        setting="bounds",
+                        value=box,
                     )

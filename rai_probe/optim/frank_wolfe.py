@@ -8,16 +8,18 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..errors import SettingError
 from . import options as opt
 from . import functional as F
+from .nonfinite import SkipsNonFiniteRows
 from .options import REQUIRED, TINY
 from .constraints import BallConstrained, bound_rows
-from .normed import TOPQ_OPTIONS, Params
+from .normed import TOPQ_OPTIONS, Params, warn_if_nothing_kept
 
 __all__ = ["FrankWolfe", "L1FrankWolfe", "L1qFrankWolfe", "L2FrankWolfe", "LinfFrankWolfe"]
 
 
-class FrankWolfe(Optimizer):
+class FrankWolfe(SkipsNonFiniteRows, Optimizer):
     """The Frank-Wolfe update ``p <- (1 - α) p - α · lmo_scaling_factor · p.grad``.
 
     ``p.grad`` is taken to already be a linear-minimization-oracle direction
@@ -26,6 +28,12 @@ class FrankWolfe(Optimizer):
     ``α_k = lr / (lr + k)``, where ``k`` counts this parameter's steps from 0
     (``lr = 2`` gives the classic ``2 / (k + 2)``, whose first step jumps to
     the vertex). With ``use_default_lr_schedule=False``, ``α = lr ∈ [0, 1]``.
+
+    Rows of a gradient holding a NaN or ±Inf are skipped (left unchanged and
+    counted in :attr:`skipped_rows`; see :mod:`rai_probe.optim.nonfinite`),
+    with one row per leading index, as the transforming optimizers' default
+    ``param_ndim=-1``. Inside the Frank-Wolfe family the outer optimizer
+    applies that policy with its own ``param_ndim``.
 
     Parameters
     ----------
@@ -80,9 +88,11 @@ class FrankWolfe(Optimizer):
     def _check_group(self, group: Mapping[str, Any], where: str) -> None:
         opt.check_options(where, self._options, group, complete=True)
         if not group["use_default_lr_schedule"] and not 0.0 <= group["lr"] <= 1.0:
-            raise ValueError(
+            raise SettingError(
                 f"{where}: option `lr` must be within [0, 1] when "
-                f"use_default_lr_schedule=False; got lr={group['lr']!r}"
+                f"use_default_lr_schedule=False; got lr={group['lr']!r}",
+                setting="lr",
+                value=group["lr"],
             )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -104,6 +114,8 @@ class FrankWolfe(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        screen = self._screen()
+        screen.screen_()
         for group in self.param_groups:
             lr, scale = group["lr"], group["lmo_scaling_factor"]
             for param in group["params"]:
@@ -117,6 +129,7 @@ class FrankWolfe(Optimizer):
                     alpha = lr
                 F.frank_wolfe_update_(param, param.grad, alpha, scale)
                 state["step"] = count + 1
+        screen.finish_()
         return loss
 
 
@@ -183,10 +196,13 @@ class _FrankWolfeFamily(BallConstrained):
     def _prepare_group(self, group: dict[str, Any], where: str) -> None:
         super()._prepare_group(group, where)
         if group["grad_scale"] != 1 or group["grad_bias"] != 0:
-            raise ValueError(
+            bad = "grad_scale" if group["grad_scale"] != 1 else "grad_bias"
+            raise SettingError(
                 f"{where}: Frank-Wolfe optimizers need grad_scale=1 and grad_bias=0 (the "
                 "direction must stay in the unit ball; set the radius with `epsilon`); got "
-                f"grad_scale={group['grad_scale']!r}, grad_bias={group['grad_bias']!r}"
+                f"grad_scale={group['grad_scale']!r}, grad_bias={group['grad_bias']!r}",
+                setting=bad,
+                value=group[bad],
             )
         group["lmo_scaling_factor"] = self._lmo_scale(group)
 
@@ -387,6 +403,10 @@ class L1qFrankWolfe(_FrankWolfeFamily):
         )
 
     _norm = "l1q"
+
+    def _pre_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:
+        warn_if_nothing_kept(self, param, optim_group)
+        super()._pre_step_transform_(param, optim_group)
 
     def _unit_lmo_(self, grad: Tensor, optim_group: dict[str, Any]) -> None:
         F.lmo_l1q_(

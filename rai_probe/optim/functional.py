@@ -37,6 +37,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor
 
+from ..errors import SettingError, SettingTypeError
 from .options import TINY
 
 __all__ = [
@@ -98,23 +99,47 @@ def _exponent_range(dtype: torch.dtype) -> tuple[int, int]:
 
 def _check_rows(x: Tensor, name: str = "x") -> None:
     if not isinstance(x, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor; got {type(x).__name__}")
+        raise SettingTypeError(
+            f"`{name}` must be a torch.Tensor; got {type(x).__name__}", setting=name, value=x
+        )
     if x.ndim < 1:
-        raise ValueError(
-            f"`{name}` must have a leading row dimension, shape (N, ...); got a 0-d tensor"
+        raise SettingError(
+            f"`{name}` must have a leading row dimension, shape (N, ...); got a 0-d tensor",
+            setting=name,
+            value=x,
         )
     if not x.is_floating_point():
-        raise TypeError(f"`{name}` must be a floating-point tensor; got dtype {x.dtype}")
+        raise SettingTypeError(
+            f"`{name}` must be a floating-point tensor; got dtype {x.dtype}", setting=name, value=x
+        )
+
+
+def _flat_shape(x: Tensor) -> tuple[int, int]:
+    """``(N, n)``: the rows of ``x`` flattened, spelled out so that empty tensors reshape too.
+
+    (``view(N, -1)`` is ambiguous for a tensor with no elements.)
+    """
+    return x.shape[0], math.prod(x.shape[1:])
+
+
+def _row_size(x: Tensor) -> int:
+    """Entries per row of ``x`` (also when ``x`` has no rows)."""
+    return math.prod(x.shape[1:])
 
 
 def _inplace_on_flat_rows(x: Tensor, fn: Callable[[Tensor], None]) -> Tensor:
-    """Run ``fn`` on a contiguous ``(N, n)`` view of ``x`` and make its writes land in ``x``."""
+    """Run ``fn`` on a contiguous ``(N, n)`` view of ``x`` and make its writes land in ``x``.
+
+    ``fn`` is not called when ``x`` has no elements: there is nothing to transform.
+    """
     _check_rows(x)
+    if x.numel() == 0:
+        return x
     if x.is_contiguous():
-        fn(x.view(x.shape[0], -1))
+        fn(x.view(_flat_shape(x)))
         return x
     work = x.contiguous()
-    fn(work.view(x.shape[0], -1))
+    fn(work.view(_flat_shape(x)))
     return x.copy_(work)
 
 
@@ -228,7 +253,7 @@ def row_norms(x: Tensor, p: float) -> Tensor:
     tensor([4.])
     """
     _check_rows(x)
-    flat, dtype = x.reshape(x.shape[0], -1), _compute_dtype(x)
+    flat, dtype = x.reshape(_flat_shape(x)), _compute_dtype(x)
     if flat.shape[1] == 0:  # empty rows have norm 0 (amax would refuse them)
         return flat.new_zeros(flat.shape[0], dtype=dtype)
     # abs().sum / abs().amax: same values as vector_norm(ord=1 / inf), several times faster on CPU
@@ -334,7 +359,7 @@ def topq_(
     >>> topq_(g.reshape(1, 4).clone(), q=0.75)
     tensor([[ 0.0000,  0.0000, -2.5000,  0.0000]])
     """
-    n = x[0].numel() if x.shape[0] else 0
+    n = _row_size(x)
     k, k_max = _draw_kept(n, q, dq, generator)
     return _inplace_on_flat_rows(x, lambda rows: _keep_top_k_(rows, k, k_max))
 
@@ -394,7 +419,7 @@ def l1q_normalize_(
     >>> l1q_normalize_(torch.tensor([[-1.0, -2.0, 3.0, 0.5]]), q=0.5)
     tensor([[ 0.0000, -0.5000,  0.5000,  0.0000]])
     """
-    n = x[0].numel() if x.shape[0] else 0
+    n = _row_size(x)
     k, k_max = _draw_kept(n, q, dq, generator)
     values_fn = lambda kept: _l1_normalized_signs(kept, eps)  # noqa: E731
     return _inplace_on_flat_rows(x, lambda rows: _keep_top_k_(rows, k, k_max, values_fn))
@@ -848,9 +873,11 @@ def fw_vertex_box_(
     tensor([[ 1.0000, -0.5000, -0.5000]])
     """
     if norm not in ("l1", "l1q", "l2", "linf"):
-        raise ValueError(f"`norm` must be one of 'l1', 'l1q', 'l2', 'linf'; got {norm!r}")
+        raise SettingError(
+            f"`norm` must be one of 'l1', 'l1q', 'l2', 'linf'; got {norm!r}", setting="norm", value=norm
+        )
     _check_rows(g)
-    n = g[0].numel() if g.shape[0] else 0
+    n = _row_size(g)
     k, k_max = _draw_kept(n, q, dq, generator) if norm == "l1q" else (n, n)
     if norm == "l1q" and k_max == 0:
         return g.zero_()

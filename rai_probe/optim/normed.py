@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 from typing import Any, ClassVar, Iterable, Mapping
 
 import torch
@@ -32,6 +34,31 @@ TOPQ_OPTIONS: dict[str, opt.OptionCheck] = {
     "dq": opt.unit_interval,
     "generator": opt.generator,
 }
+
+
+def warn_if_nothing_kept(optimizer: Any, rows: Tensor, group: Mapping[str, Any]) -> None:
+    """Warn, once per optimizer instance, when ``q`` keeps 0 entries of every row of ``rows``.
+
+    A row of ``n`` entries keeps ``round((1 - q) n)``; when that is 0 (for
+    every ``q`` that ``dq`` may draw), every sparsified gradient is zero and
+    the optimizer silently does nothing. Host-side arithmetic on the shape and
+    the options only: no device sync.
+    """
+    if optimizer.__dict__.get("_warned_nothing_kept", False):
+        return
+    n = math.prod(rows.shape[1:])
+    q, dq = group["q"], group["dq"]
+    if rows.shape[0] == 0 or n == 0 or F.num_kept(n, max(0.0, q - dq)) > 0:
+        return
+    optimizer.__dict__["_warned_nothing_kept"] = True
+    drawn = f" (dq={dq}: q is drawn from [{max(0.0, q - dq):.6g}, {min(1.0, q + dq):.6g}])" if dq else ""
+    warnings.warn(
+        f"{type(optimizer).__name__}: q={q}{drawn} keeps round((1 - q) * {n}) = 0 of the {n} "
+        f"entries of each row, so every sparsified gradient is zero and the step does "
+        f"nothing; use q < 1 - 0.5/{n} = {1 - 0.5 / n:.6g} to keep at least one entry",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 class SignedGradientOptim(ParamTransformingOptimizer):
@@ -237,6 +264,7 @@ class TopQGradientOptimizer(ParamTransformingOptimizer):
         )
 
     def _pre_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:
+        warn_if_nothing_kept(self, param, optim_group)
         F.topq_(
             param.grad, optim_group["q"], dq=optim_group["dq"], generator=optim_group["generator"]
         )
@@ -313,6 +341,7 @@ class L1qNormedGradientOptim(ParamTransformingOptimizer):
         )
 
     def _pre_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:
+        warn_if_nothing_kept(self, param, optim_group)
         F.l1q_normalize_(
             param.grad,
             optim_group["q"],

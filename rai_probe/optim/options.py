@@ -4,9 +4,11 @@ Every option of every optimizer in :mod:`rai_probe.optim` is stored per param
 group: the constructor value is the default, a param-group dict may override
 it, and so may ``add_param_group`` later. Each class declares its options as a
 mapping ``name -> check`` (class attribute ``_options``, merged along the MRO);
-a check is called as ``check(where, name, value)`` and raises a ``ValueError``
-naming the option, the offending value and the allowed range. A missing
-``REQUIRED`` option raises ``TypeError``. Use these checks when you write your
+a check is called as ``check(where, name, value)`` and raises a
+:class:`~rai_probe.errors.SettingError` (a ``ValueError``) naming the option,
+the offending value and the allowed range, with the option's name in its
+``setting`` attribute. A missing ``REQUIRED`` option raises
+:class:`~rai_probe.errors.SettingTypeError` (a ``TypeError``). Use these checks when you write your
 own transforming optimizer (see docs/optimizers.md).
 
 Examples
@@ -16,7 +18,7 @@ Examples
 >>> options.unit_interval("MyOptim", "q", 1.5)
 Traceback (most recent call last):
 ...
-ValueError: MyOptim: option `q` must be a real number within [0, 1]; got q=1.5
+rai_probe.errors.SettingError: MyOptim: option `q` must be a real number within [0, 1]; got q=1.5
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..errors import SettingError, SettingTypeError
+
 __all__ = [
     "REQUIRED",
     "TINY",
@@ -36,11 +40,15 @@ __all__ = [
     "positive",
     "nonnegative",
     "optional_real",
+    "lower_bound",
+    "upper_bound",
     "radius",
     "bounds",
     "boolean",
     "generator",
     "param_ndim",
+    "INNER_OPTIONS",
+    "check_inner_options",
     "collect_options",
     "check_options",
     "fill_defaults",
@@ -84,8 +92,8 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _fail(where: str, name: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"{where}: option `{name}` must be {allowed}; got {name}={value!r}")
+def _fail(where: str, name: str, value: Any, allowed: str) -> SettingError:
+    return SettingError(f"{where}: option `{name}` must be {allowed}; got {name}={value!r}", setting=name, value=value)
 
 
 def real(where: str, name: str, value: Any) -> None:
@@ -116,6 +124,18 @@ def optional_real(where: str, name: str, value: Any) -> None:
     """``None`` or a real number (infinities allowed: they mean 'unbounded')."""
     if value is not None and (not _is_real(value) or math.isnan(value)):
         raise _fail(where, name, value, "None or a real number")
+
+
+def lower_bound(where: str, name: str, value: Any) -> None:
+    """``None`` or a real number below +inf (``-inf`` means 'unbounded below')."""
+    if value is not None and (not _is_real(value) or math.isnan(value) or value == math.inf):
+        raise _fail(where, name, value, "None or a real number < inf (-inf: unbounded)")
+
+
+def upper_bound(where: str, name: str, value: Any) -> None:
+    """``None`` or a real number above -inf (``inf`` means 'unbounded above')."""
+    if value is not None and (not _is_real(value) or math.isnan(value) or value == -math.inf):
+        raise _fail(where, name, value, "None or a real number > -inf (inf: unbounded)")
 
 
 def radius(where: str, name: str, value: Any) -> None:
@@ -160,8 +180,10 @@ def boolean(where: str, name: str, value: Any) -> None:
 def generator(where: str, name: str, value: Any) -> None:
     """A :class:`torch.Generator` (on any device)."""
     if not isinstance(value, torch.Generator):
-        raise TypeError(
-            f"{where}: option `{name}` must be a torch.Generator; got {type(value).__name__}"
+        raise SettingTypeError(
+            f"{where}: option `{name}` must be a torch.Generator; got {type(value).__name__}",
+            setting=name,
+            value=value,
         )
 
 
@@ -169,6 +191,89 @@ def param_ndim(where: str, name: str, value: Any) -> None:
     """``None`` or an integer (its range is checked against each parameter)."""
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
         raise _fail(where, name, value, "None or an integer")
+
+
+def _learning_rate(where: str, name: str, value: Any) -> None:
+    """A finite real number >= 0, or a one-element floating tensor holding one."""
+    if isinstance(value, torch.Tensor):
+        ok = value.numel() == 1 and value.is_floating_point()
+        if ok:
+            number = float(value)  # checked once per group, not in a step
+            ok = math.isfinite(number) and number >= 0
+        if not ok:
+            raise _fail(where, name, value, "a finite real number >= 0 (or a one-element tensor of one)")
+        return
+    nonnegative(where, name, value)
+
+
+def _pair(low: float, high: float, *, high_open: bool = False) -> OptionCheck:
+    """A check that the value is a pair of finite reals within [low, high] (or [low, high))."""
+    interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
+    allowed = f"a pair of finite real numbers within {interval}"
+
+    def check(where: str, name: str, value: Any) -> None:
+        ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            _is_real(v) and math.isfinite(v) and low <= v and (v < high if high_open else v <= high)
+            for v in value
+        )
+        if not ok:
+            raise _fail(where, name, value, allowed)
+
+    return check
+
+
+def _epsilon(where: str, name: str, value: Any) -> None:
+    """A finite real number >= 0, or a tuple of them and ``None`` (Adafactor's ``(None, 1e-3)``)."""
+    if isinstance(value, (tuple, list)):
+        ok = all(v is None or (_is_real(v) and 0.0 <= v < math.inf) for v in value)
+        if not ok:
+            raise _fail(where, name, value, "a finite real number >= 0, or a tuple of them and None")
+        return
+    nonnegative(where, name, value)
+
+
+#: Hyper-parameters of ``torch.optim`` optimizers whose meaning is the same in
+#: every optimizer that has them, with their checks. A transforming optimizer
+#: applies these to its inner optimizer's param groups (at construction and in
+#: ``add_param_group``), so a NaN or Inf learning rate, momentum or epsilon is
+#: refused with the option's name instead of silently poisoning every step.
+INNER_OPTIONS: dict[str, OptionCheck] = {
+    "lr": _learning_rate,
+    "momentum": nonnegative,
+    "dampening": real,
+    "weight_decay": nonnegative,
+    "eps": _epsilon,
+    "betas": _pair(0.0, 1.0, high_open=True),
+    "alpha": real,
+    "rho": unit_interval,
+    "lr_decay": nonnegative,
+    "initial_accumulator_value": nonnegative,
+    "momentum_decay": nonnegative,
+    "lambd": real,
+    "t0": real,
+    "tolerance_grad": nonnegative,
+    "tolerance_change": nonnegative,
+    "etas": _pair(0.0, math.inf, high_open=True),
+    "step_sizes": _pair(0.0, math.inf, high_open=True),
+}
+
+
+def check_inner_options(where: str, values: Mapping[str, Any], *, skip: Any = ()) -> None:
+    """Validate an inner optimizer's options: :data:`INNER_OPTIONS` by name, and no NaN anywhere.
+
+    A real number that is NaN is refused whatever its name (no optimizer
+    option means anything by NaN); names in :data:`INNER_OPTIONS` must also
+    pass their check (finite, and in range). ``skip`` names options checked
+    elsewhere (the transforming optimizer's own).
+    """
+    for name, value in values.items():
+        if name == "params" or name in skip or value is REQUIRED:
+            continue
+        check = INNER_OPTIONS.get(name)
+        if check is not None:
+            check(where, name, value)
+        elif _is_real(value) and math.isnan(value):
+            raise _fail(where, name, value, "a number, not NaN")
 
 
 def collect_options(cls: type) -> dict[str, OptionCheck]:
@@ -191,9 +296,10 @@ def check_options(
     for name, check in options.items():
         if name not in values or values[name] is REQUIRED:
             if complete:
-                raise TypeError(
+                raise SettingTypeError(
                     f"{where}: missing required option `{name}`: pass it to the "
-                    f"constructor or set it in every param group"
+                    f"constructor or set it in every param group",
+                    setting=name,
                 )
             continue
         check(where, name, values[name])

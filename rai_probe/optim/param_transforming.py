@@ -10,7 +10,9 @@ import torch
 from torch import Tensor
 from torch.optim import SGD, Optimizer
 
+from ..errors import SettingError, SettingTypeError
 from . import options as opt
+from .nonfinite import SkipsNonFiniteRows, suspended
 from .options import REQUIRED, OptionCheck
 
 __all__ = ["ParamTransformingOptimizer", "rows_shape"]
@@ -61,10 +63,12 @@ def _check_param_ndim(where: str, param_ndim: int | None, params: Iterable[Tenso
     for index, p in enumerate(params):
         limit = max(p.ndim, 1)
         if abs(param_ndim) > limit:
-            raise ValueError(
+            raise SettingError(
                 f"{where}: option `param_ndim` must be None or an integer within "
                 f"[-{limit}, {limit}] for parameter {index} of shape {tuple(p.shape)}; "
-                f"got param_ndim={param_ndim}"
+                f"got param_ndim={param_ndim}",
+                setting="param_ndim",
+                value=param_ndim,
             )
 
 
@@ -117,15 +121,17 @@ def _is_optimizer_factory(obj: Any) -> bool:
     return isinstance(obj, type) and issubclass(obj, Optimizer)
 
 
-class ParamTransformingOptimizer(Optimizer):
+class ParamTransformingOptimizer(SkipsNonFiniteRows, Optimizer):
     """An optimizer that transforms each parameter before and after an inner optimizer's step.
 
     ``step()`` runs, for every parameter that has a gradient::
 
+        zero the rows of param.grad holding a NaN or ±Inf (and remember them)
         _pre_step_transform_(param)      # e.g. sparsify / normalize param.grad
         param.grad *= grad_scale; param.grad += grad_bias
         InnerOpt.step()                  # any torch.optim optimizer
         _post_step_transform_(param)     # e.g. project param onto a ball
+        restore the remembered rows of param, bit for bit
 
     Both transforms receive the parameter, and its ``.grad``, reshaped into
     contiguous rows of shape ``(N, d0, ...)`` according to ``param_ndim``,
@@ -173,7 +179,17 @@ class ParamTransformingOptimizer(Optimizer):
     ``state_dict`` and ``load_state_dict`` work on either. Every option
     (``param_ndim``, ``grad_scale``, ``grad_bias`` and each subclass's own) may
     be overridden per param group, and is validated at construction and in
-    ``add_param_group``. Parameters without a gradient are skipped.
+    ``add_param_group``; so are the inner optimizer's well-known
+    hyper-parameters (``lr``, ``momentum``, ``weight_decay``, ``betas``,
+    ``eps``, ...: finite and in range, see
+    :data:`~rai_probe.optim.options.INNER_OPTIONS`), and a NaN is refused for
+    any numeric option. Parameters without a gradient are skipped.
+
+    **Non-finite gradients.** A row whose gradient holds a NaN or ±Inf is left
+    exactly unchanged by the step, its gradient is zeroed before any
+    transform (so it cannot leak into the inner optimizer or other rows),
+    and it is counted in :attr:`skipped_rows` (a device tensor, no host sync);
+    see :mod:`rai_probe.optim.nonfinite`.
 
     With a closure (e.g. ``InnerOpt=torch.optim.LBFGS``), the inner optimizer
     receives a closure that evaluates yours with gradients enabled and then
@@ -262,26 +278,35 @@ class ParamTransformingOptimizer(Optimizer):
 
         if isinstance(InnerOpt, Optimizer):
             if params is not None:
-                raise TypeError(
+                raise SettingTypeError(
                     f"{where}: `params` must be None when `InnerOpt` is an optimizer "
-                    "instance (its param groups are used)"
+                    "instance (its param groups are used)",
+                    setting="params",
                 )
             if inner_opt_kwargs:
-                raise TypeError(
+                raise SettingTypeError(
                     f"{where}: unexpected keyword arguments {sorted(inner_opt_kwargs)} "
-                    "with an already-built `InnerOpt`"
+                    "with an already-built `InnerOpt`",
+                    setting=sorted(inner_opt_kwargs)[0],
+                    value=inner_opt_kwargs,
                 )
             inner = InnerOpt
         elif _is_optimizer_factory(InnerOpt):
             if params is None:
-                raise TypeError(f"{where}: `params` is required unless `InnerOpt` is an instance")
+                raise SettingTypeError(
+                    f"{where}: `params` is required unless `InnerOpt` is an instance",
+                    setting="params",
+                )
             params = list(params)
             self._check_required_in_groups(where, own_defaults, params)
+            self._check_inner_inputs(where, InnerOpt, params, inner_opt_kwargs)
             inner = InnerOpt(params, **inner_opt_kwargs)
         else:
-            raise TypeError(
+            raise SettingTypeError(
                 f"{where}: `InnerOpt` must be a torch.optim.Optimizer subclass, a "
-                f"functools.partial of one, or an optimizer instance; got {InnerOpt!r}"
+                f"functools.partial of one, or an optimizer instance; got {InnerOpt!r}",
+                setting="InnerOpt",
+                value=InnerOpt,
             )
 
         self._inner_opt = inner
@@ -310,9 +335,22 @@ class ParamTransformingOptimizer(Optimizer):
         groups = params if params and isinstance(params[0], dict) else [{}]
         for name, value in own_defaults.items():
             if value is REQUIRED and not all(name in group for group in groups):
-                raise TypeError(
+                raise SettingTypeError(
                     f"{where}: missing required option `{name}`: pass it to the "
-                    f"constructor or set it in every param group"
+                    f"constructor or set it in every param group",
+                    setting=name,
+                )
+
+    def _check_inner_inputs(
+        self, where: str, InnerOpt: Any, params: list, inner_opt_kwargs: Mapping[str, Any]
+    ) -> None:
+        """Check the inner optimizer's options before it is built (it may accept a NaN ``lr``)."""
+        fixed = InnerOpt.keywords if isinstance(InnerOpt, functools.partial) else {}
+        opt.check_inner_options(where, {**fixed, **inner_opt_kwargs}, skip=self._all_options)
+        for index, group in enumerate(params):
+            if isinstance(group, dict):
+                opt.check_inner_options(
+                    f"{where} (param group {index})", group, skip=self._all_options
                 )
 
     def _prepare_group(self, group: dict[str, Any], where: str) -> None:
@@ -323,6 +361,7 @@ class ParamTransformingOptimizer(Optimizer):
         for name, value in self._group_defaults().items():
             group.setdefault(name, value)
         opt.check_options(where, self._all_options, group, complete=True)
+        opt.check_inner_options(where, group, skip=self._all_options)
         _check_param_ndim(where, group["param_ndim"], group["params"])
 
     def _group_defaults(self) -> dict[str, Any]:
@@ -348,7 +387,11 @@ class ParamTransformingOptimizer(Optimizer):
     def _admit_group(self, param_group: dict[str, Any]) -> str:
         """Normalize a new group's ``params``, fill and validate its options; return its label."""
         if not isinstance(param_group, dict):
-            raise TypeError(f"param_group must be a dict; got {type(param_group).__name__}")
+            raise SettingTypeError(
+                f"param_group must be a dict; got {type(param_group).__name__}",
+                setting="param_group",
+                value=param_group,
+            )
         params = param_group["params"]
         param_group["params"] = [params] if isinstance(params, Tensor) else list(params)
         where = f"{type(self).__name__} (param group {len(self.param_groups)})"
@@ -411,7 +454,11 @@ class ParamTransformingOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Transform, step the inner optimizer, transform again.
+        """Transform, step the inner optimizer, transform again; skip rows with non-finite gradients.
+
+        Rows (per ``param_ndim``) whose gradient holds a NaN or ±Inf are
+        zeroed before the transforms and restored after the step, and counted
+        in :attr:`skipped_rows` (see :mod:`rai_probe.optim.nonfinite`).
 
         Parameters
         ----------
@@ -423,21 +470,30 @@ class ParamTransformingOptimizer(Optimizer):
         -------
         The closure's loss, or ``None``.
         """
+        screen = self._screen()
         if closure is None:
+            screen.screen_()
             self._apply_pre_step_transform_()
-            self._inner_opt.step()
+            with suspended(self._inner_opt):
+                self._inner_opt.step()
             self._apply_post_step_transform_()
+            screen.finish_()
             return None
+
+        screen.snapshot_()
 
         def transformed_closure() -> Any:
             with torch.enable_grad():
                 loss = closure()
             with torch.no_grad():  # the inner optimizer calls this with gradients enabled
+                screen.screen_()
                 self._apply_pre_step_transform_()
             return loss
 
-        loss = self._inner_opt.step(transformed_closure)
+        with suspended(self._inner_opt):
+            loss = self._inner_opt.step(transformed_closure)
         self._apply_post_step_transform_()
+        screen.finish_()
         return loss
 
     # ------------------------------------------------------------------ #
@@ -466,9 +522,10 @@ class ParamTransformingOptimizer(Optimizer):
         saved_groups = [dict(group) for group in state_dict["param_groups"]]
         live_groups = self.param_groups
         if len(saved_groups) != len(live_groups):
-            raise ValueError(
+            raise SettingError(
                 f"loaded state dict has {len(saved_groups)} parameter groups; "
-                f"this optimizer has {len(live_groups)}"
+                f"this optimizer has {len(live_groups)}",
+                setting="state_dict",
             )
         restored_generators: list[tuple[int, str, torch.Generator, Tensor]] = []
         for index, (saved, live) in enumerate(zip(saved_groups, live_groups)):

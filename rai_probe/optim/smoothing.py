@@ -41,6 +41,8 @@ from . import functional as F
 from . import options as opt
 from .functional import _check_rows, _compute_dtype, _inplace_on_flat_rows
 from .normed import InnerOptimizer, Params
+from ..errors import SettingError, SettingTypeError
+from .nonfinite import suspended
 from .param_transforming import ParamTransformingOptimizer, rows_shape
 
 __all__ = [
@@ -68,8 +70,10 @@ def _one_of(*allowed: Any) -> opt.OptionCheck:
 
     def check(where: str, name: str, value: Any) -> None:
         if not (isinstance(value, (str, type(None))) and value in allowed):
-            raise ValueError(
-                f"{where}: option `{name}` must be one of {listed}; got {name}={value!r}"
+            raise SettingError(
+                f"{where}: option `{name}` must be one of {listed}; got {name}={value!r}",
+                setting=name,
+                value=value,
             )
 
     return check
@@ -87,15 +91,21 @@ def _integer(low: int, *, optional: bool = False) -> opt.OptionCheck:
             return
         integer = isinstance(value, int) and not isinstance(value, bool)
         if not integer or value < low or (optional and value >= 2**64):
-            raise ValueError(f"{where}: option `{name}` must be {allowed}; got {name}={value!r}")
+            raise SettingError(
+                f"{where}: option `{name}` must be {allowed}; got {name}={value!r}",
+                setting=name,
+                value=value,
+            )
 
     return check
 
 
 def _optional_callable(where: str, name: str, value: Any) -> None:
     if value is not None and not callable(value):
-        raise TypeError(
-            f"{where}: option `{name}` must be None or a callable; got {type(value).__name__}"
+        raise SettingTypeError(
+            f"{where}: option `{name}` must be None or a callable; got {type(value).__name__}",
+            setting=name,
+            value=value,
         )
 
 
@@ -798,10 +808,15 @@ class GradientSampling(ParamTransformingOptimizer):
     every sample of the first evaluation of a step is non-finite, no step is
     taken: parameters, gradients (left as None) and the inner optimizer's
     state are untouched, and ``step`` returns a NaN loss (``sigma_strategy``
-    still shrinks ``sigma``). At later evaluations of the same step (line
-    search trial points) such an evaluation reports NaN loss and gradients
-    to the inner optimizer. The step reads one small boolean tensor from the
-    device to decide this; everything else stays on the device.
+    still shrinks ``sigma``), and every row with a gradient counts in
+    :attr:`skipped_rows`. At later evaluations of the same step (line search
+    trial points) such an evaluation reports a NaN loss to the inner
+    optimizer. The aggregated gradient then follows the package's row policy
+    (:mod:`rai_probe.optim.nonfinite`): its non-finite rows (a NaN
+    evaluation, or a mean of huge samples that overflows) are zeroed before
+    the inner optimizer sees them and left unchanged by the step. The step
+    reads one small boolean tensor from the device to decide whether to
+    step; everything else stays on the device.
 
     ``state_dict()`` adds, under ``"gradient_sampling"``, the generator
     state, the current perturbations' seed and (with ``pre_generate``) the
@@ -836,7 +851,7 @@ class GradientSampling(ParamTransformingOptimizer):
     >>> GradientSampling([tr.zeros(1, requires_grad=True)], lr=0.1).step()  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    TypeError: GradientSampling.step needs a closure that re-evaluates the model, ...
+    rai_probe.errors.SettingTypeError: GradientSampling.step needs a closure that re-evaluates the model, ...
     """
 
     _options = {
@@ -940,19 +955,23 @@ class GradientSampling(ParamTransformingOptimizer):
             base_defaults = {"param_ndim": -1, "grad_scale": 1.0, "grad_bias": 0.0}
             for name, value in base_options.items():
                 if value != base_defaults[name]:
-                    raise ValueError(
+                    raise SettingError(
                         f"{where}: option `{name}` is taken from the transforming inner "
                         f"optimizer {target.__name__} (they share the param groups); set it "
-                        f"there; got {name}={value!r}"
+                        f"there; got {name}={value!r}",
+                        setting=name,
+                        value=value,
                     )
         label = target.__name__
         shared = sorted(names & set(cls._options))
         if shared:
-            raise TypeError(
+            raise SettingTypeError(
                 f"{where}: the inner optimizer {label} also has the option(s) "
                 f"{', '.join(f'`{s}`' for s in shared)}, and both would read them from the shared "
                 "param groups; pass an already-built ChainedParamTransformingOptimizer as "
-                "InnerOpt instead (its members keep their own param groups)"
+                "InnerOpt instead (its members keep their own param groups)",
+                setting="InnerOpt",
+                value=InnerOpt,
             )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -1043,14 +1062,18 @@ class GradientSampling(ParamTransformingOptimizer):
         with torch.enable_grad():
             loss = closure()
         if loss is None:
-            raise TypeError("GradientSampling: the closure must return the loss")
+            raise SettingTypeError(
+                "GradientSampling: the closure must return the loss", setting="closure", value=closure
+            )
         if not isinstance(loss, Tensor):
             loss = torch.tensor(loss, dtype=torch.float64)
         loss = loss.detach()
         if loss.numel() != 1:
-            raise ValueError(
+            raise SettingError(
                 "GradientSampling: the closure must return a scalar loss; "
-                f"got shape {tuple(loss.shape)}"
+                f"got shape {tuple(loss.shape)}",
+                setting="closure",
+                value=closure,
             )
         dtype = torch.promote_types(loss.dtype, torch.float32)
         loss = loss.reshape(()).to(device=device, dtype=dtype)
@@ -1113,10 +1136,11 @@ class GradientSampling(ParamTransformingOptimizer):
         }
         return _Evaluation(loss, grads, aggregate.count > 0, grow, [p._version for p in params])
 
-    def _install(self, evaluation: _Evaluation) -> None:
-        """Make the aggregated gradients the parameters' ``.grad``."""
+    def _install(self, evaluation: _Evaluation, screen: Any) -> None:
+        """Make the aggregated gradients the parameters' ``.grad``; screen their non-finite rows."""
         for (_, _, p), g in zip(self._flat(), evaluation.grads):
             p.grad = None if g is None else g.to(p.dtype)
+        screen.screen_()  # before any transform: zero (and remember) rows with NaN / Inf
         if not isinstance(self._inner_opt, ParamTransformingOptimizer):
             self._scale_and_bias_grads()
 
@@ -1141,11 +1165,15 @@ class GradientSampling(ParamTransformingOptimizer):
             was finite).
         """
         if closure is None or not callable(closure):
-            raise TypeError(
+            raise SettingTypeError(
                 "GradientSampling.step needs a closure that re-evaluates the model, calls "
-                "backward() and returns the loss"
+                "backward() and returns the loss",
+                setting="closure",
+                value=closure,
             )
         self._ensure_perturbations()
+        screen = self._screen()
+        screen.snapshot_()
         first = self._evaluate(closure)
         flags = torch.stack([first.any_finite, *first.grow.values()]).tolist()
         grow = dict(zip(first.grow, flags[1:]))
@@ -1160,12 +1188,16 @@ class GradientSampling(ParamTransformingOptimizer):
                 unchanged = pending and [p._version for p in params] == pending[0].versions
                 evaluation = pending.pop() if unchanged else self._evaluate(closure)
                 pending.clear()
-                self._install(evaluation)
+                self._install(evaluation, screen)
                 return evaluation.loss
 
-            loss = self._inner_opt.step(sampled_closure)
-        else:
-            for _, _, p in self._flat():
+            with suspended(self._inner_opt):
+                loss = self._inner_opt.step(sampled_closure)
+            screen.finish_()
+        else:  # no finite sample: every row with a gradient is skipped, nothing moves
+            for (_, group, p), g in zip(self._flat(), first.grads):
+                if g is not None:
+                    screen.count_(p, rows_shape(p.shape, group["param_ndim"])[0])
                 p.grad = None
             loss = first.loss
         self._end_step(grow, terminate)
@@ -1224,9 +1256,10 @@ class GradientSampling(ParamTransformingOptimizer):
             if len(perturbations) != len(params) or any(
                 tuple(t.shape) != s for t, s in zip(perturbations, shapes)
             ):
-                raise ValueError(
+                raise SettingError(
                     "loaded state dict has perturbations of shapes "
-                    f"{[tuple(t.shape) for t in perturbations]}; this optimizer needs {shapes}"
+                    f"{[tuple(t.shape) for t in perturbations]}; this optimizer needs {shapes}",
+                    setting="state_dict",
                 )
             perturbations = [
                 t.to(device=p.device, dtype=p.dtype) for t, p in zip(perturbations, params)

@@ -10,7 +10,8 @@ parameter, so a wrong option fails before any model runs.
 from __future__ import annotations
 
 import functools
-import re
+import inspect
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import optim as _optim
+from ..errors import SettingError, SettingTypeError, UnknownSettingError
 from ..optim import ChainedParamTransformingOptimizer, LaplacianSmoothing
 from .initializers import uniform_like_l1_n_ball_, uniform_like_l2_n_ball_, uniform_like_linf_n_ball_
 from .models import AdditivePerturbation
@@ -44,8 +46,64 @@ RANDOM_INITS: dict[str, Callable[..., Any]] = {
 }
 
 
-def _probe_param() -> Tensor:
-    return torch.zeros(2, 8, requires_grad=True)
+def _probe_param(param_ndim: Any = None) -> Tensor:
+    """A dummy perturbation for checking options: two rows, with room for any ``param_ndim``."""
+    extra = abs(param_ndim) if isinstance(param_ndim, int) and not isinstance(param_ndim, bool) else 0
+    return torch.zeros(2, 8, *[1] * max(0, extra - 1), requires_grad=True)
+
+
+def _keyword_names(function: Callable[..., Any]) -> tuple[frozenset[str], Any]:
+    """The named parameters of ``function`` and the default of its ``InnerOpt`` (if any) when it takes ``**kwargs``."""
+    parameters = inspect.signature(function).parameters
+    names = frozenset(name for name in parameters if name not in ("self", "params"))
+    takes_more = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    inner = parameters["InnerOpt"].default if takes_more and "InnerOpt" in parameters else None
+    return names, (inner if takes_more else False)
+
+
+def _accepted_options(optimizer_class: type, options: Mapping[str, Any]) -> frozenset[str] | None:
+    """Keyword options the optimizer takes: its own, plus its inner optimizer's (None: any)."""
+    names, inner = _keyword_names(optimizer_class.__init__)
+    if inner is False:
+        return names
+    inner = options.get("InnerOpt", inner)
+    inner = inner.func if isinstance(inner, functools.partial) else inner
+    if not isinstance(inner, type):
+        return None
+    inner_names, more = _keyword_names(inner.__init__)
+    return None if more is not False else names | inner_names
+
+
+def _check_number(name: str, value: Any, allowed: str, *, low: float | None = None,
+                  high: float | None = None, low_open: float | None = None) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if ok and low_open is not None:
+        ok = value > low_open
+    if not ok:
+        raise SettingError(f"Attack: `{name}` must be {allowed}; got {name}={value!r}", setting=name, value=value)
+
+
+def _as_float(value: Any) -> Any:
+    """An int as a float; anything else unchanged (and checked later)."""
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _check_data_range(data_range: Any) -> None:
+    allowed = "None or a pair (low, high) of finite numbers with low < high"
+    pair = tuple(data_range) if isinstance(data_range, (tuple, list)) else ()
+    ok = len(pair) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair
+    )
+    if not ok or not pair[0] < pair[1]:
+        raise SettingError(
+            f"Attack: `data_range` must be {allowed}; got data_range={data_range!r}",
+            setting="data_range",
+            value=data_range,
+        )
 
 
 @dataclass(frozen=True)
@@ -93,11 +151,11 @@ class Attack:
 
     Examples
     --------
-    A sparse L1 attack that keeps the top 1 % of each gradient:
+    A sparse L1 attack that keeps the top 10 % of each gradient (2 of the 16 pixels):
 
     >>> import torch
     >>> from rai_probe.perturbations.attacks import Attack
-    >>> attack = Attack("L1qFrankWolfe", epsilon=5.0, steps=20, options={"q": 0.99})
+    >>> attack = Attack("L1qFrankWolfe", epsilon=5.0, steps=20, options={"q": 0.9})
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     >>> images, labels = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
     >>> result = attack.run(model, images, labels)
@@ -110,7 +168,7 @@ class Attack:
     >>> Attack("L1qFrankWolfe", epsilon=5.0, options={"q": 1.5})
     Traceback (most recent call last):
     ...
-    ValueError: L1qFrankWolfe: option `q` must be a real number within [0, 1]; got q=1.5
+    rai_probe.errors.SettingError: L1qFrankWolfe: option `q` must be a real number within [0, 1]; got q=1.5
     """
 
     optimizer: str
@@ -128,33 +186,98 @@ class Attack:
 
     def __post_init__(self) -> None:
         if self.optimizer not in ATTACK_OPTIMIZERS:
-            raise ValueError(
-                f"Attack: unknown `optimizer` {self.optimizer!r}; choose one of {', '.join(ATTACK_OPTIMIZERS)}"
+            raise SettingError(
+                f"Attack: unknown `optimizer` {self.optimizer!r}; choose one of {', '.join(ATTACK_OPTIMIZERS)}",
+                setting="optimizer",
+                value=self.optimizer,
             )
-        if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float)) or not self.epsilon > 0:
-            raise ValueError(f"Attack: `epsilon` must be a number > 0; got epsilon={self.epsilon!r}")
+        _check_number("epsilon", self.epsilon, "a finite number > 0", low_open=0.0)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"Attack: `steps` must be an integer >= 1; got steps={self.steps!r}")
+            raise SettingError(f"Attack: `steps` must be an integer >= 1; got steps={self.steps!r}",
+                               setting="steps", value=self.steps)
+        _check_number("lr", self.lr, "a finite number > 0", low_open=0.0)
         if self.random_init is not None and self.random_init not in RANDOM_INITS:
-            raise ValueError(
+            raise SettingError(
                 f"Attack: `random_init` must be None or one of {', '.join(RANDOM_INITS)}; "
-                f"got random_init={self.random_init!r}"
+                f"got random_init={self.random_init!r}",
+                setting="random_init",
+                value=self.random_init,
             )
-        if self.smoothing_sigma is not None and "FrankWolfe" in self.optimizer:
-            raise ValueError(
-                "Attack: `smoothing_sigma` needs a projected optimizer (the Frank-Wolfe family "
-                f"steps to a vertex of the ball, not along the smoothed gradient); got {self.optimizer}"
+        if self.smoothing_sigma is not None:
+            _check_number("smoothing_sigma", self.smoothing_sigma, "None or a finite number > 0", low_open=0.0)
+            if "FrankWolfe" in self.optimizer:
+                raise SettingError(
+                    "Attack: `smoothing_sigma` needs a projected optimizer (the Frank-Wolfe family "
+                    f"steps to a vertex of the ball, not along the smoothed gradient); got {self.optimizer}",
+                    setting="smoothing_sigma",
+                    value=self.smoothing_sigma,
+                )
+        for flag in ("targeted", "use_best", "early_stop"):
+            value = getattr(self, flag)
+            if not isinstance(value, bool):
+                raise SettingTypeError(
+                    f"Attack: `{flag}` must be True or False; got {flag}={value!r}", setting=flag, value=value
+                )
+        if self.confidence is not None:
+            _check_number("confidence", self.confidence, "None or a number within [0, 1]", low=0.0, high=1.0)
+        if self.data_range is not None:
+            _check_data_range(self.data_range)
+        if not isinstance(self.options, Mapping):
+            raise SettingTypeError(
+                f"Attack: `options` must be a mapping of optimizer options; got {self.options!r}",
+                setting="options",
+                value=self.options,
             )
         object.__setattr__(self, "options", dict(self.options))
-        try:  # validates every option now, with the optimizer's own messages
-            self.make_optimizer()([_probe_param()], **self._optimizer_kwargs(self.epsilon))
-        except TypeError as error:
-            unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
-            if unexpected is None:
-                raise
-            raise TypeError(
-                f"Attack: {self.optimizer} does not take the option `{unexpected.group(1)}`"
-            ) from None
+        # every option is checked now, with the optimizer's own messages; the range of param_ndim
+        # depends on the data's shape and is checked by check_shape
+        self._build_on(_probe_param(self.options.get("param_ndim")))
+
+    def _build_on(self, param: Tensor) -> torch.optim.Optimizer:
+        """Build the optimizer on ``param`` (checks every option); unknown options name themselves."""
+        factory = self.make_optimizer()
+        accepted = _accepted_options(self.optimizer_class, self.options)
+        unknown = sorted(name for name in self.options if accepted is not None and name not in accepted)
+        if unknown:
+            raise UnknownSettingError(
+                f"Attack: {self.optimizer} does not take the option `{unknown[0]}`",
+                setting=unknown[0],
+                value=self.options[unknown[0]],
+            )
+        return factory([param], **self._optimizer_kwargs(self.epsilon))
+
+    def check_shape(self, data_shape: tuple[int, ...]) -> None:
+        """Check the options against perturbations of data of shape ``data_shape`` (``(N, ...)``).
+
+        Options whose range depends on the perturbation's shape (``param_ndim``)
+        are checked by building the optimizer once on a zero perturbation of
+        one datum of that shape.
+
+        Raises
+        ------
+        SettingError
+            An option that does not fit the shape (``setting`` names it).
+
+        Examples
+        --------
+        >>> attack = Attack("L2ProjectedOptim", epsilon=1.0, options={"param_ndim": 3})
+        >>> attack.check_shape((8, 1, 28, 28))  # rows of (C, H, W): fine
+        >>> attack.check_shape((8, 784))
+        Traceback (most recent call last):
+        ...
+        rai_probe.errors.SettingError: Attack: option `param_ndim` must be None or an integer within [-2, 2] for perturbations of data of shape (8, 784); got param_ndim=3
+        """
+        data_shape = tuple(data_shape)
+        param_ndim = self.options.get("param_ndim", -1)
+        limit = max(len(data_shape), 1)
+        if isinstance(param_ndim, int) and not isinstance(param_ndim, bool) and abs(param_ndim) > limit:
+            raise SettingError(
+                f"Attack: option `param_ndim` must be None or an integer within [-{limit}, {limit}] for "
+                f"perturbations of data of shape {data_shape}; got param_ndim={param_ndim}",
+                setting="param_ndim",
+                value=param_ndim,
+            )
+        self._build_on(torch.zeros((1, *data_shape[1:]) if data_shape else (1,), requires_grad=True))
 
     @property
     def optimizer_class(self) -> type[torch.optim.Optimizer]:
@@ -188,7 +311,17 @@ class Attack:
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any], *, where: str = "attack") -> "Attack":
-        """Build an attack from plain data (a config entry); unknown keys are a ``ValueError``.
+        """Build an attack from plain data (a config entry); an unknown key is an error naming it.
+
+        Values are taken as they are (a string is never read as a number or a
+        boolean); integer ``epsilon`` and ``data_range`` bounds become floats.
+
+        Raises
+        ------
+        UnknownSettingError
+            A key that is not a field of :class:`Attack` (``setting`` names it).
+        SettingError
+            A value the attack refuses (see :class:`Attack`).
 
         Examples
         --------
@@ -197,19 +330,28 @@ class Attack:
         >>> Attack.from_dict({"optimizer": "L2ProjectedOptim", "epsilon": 1.5, "stpes": 5})
         Traceback (most recent call last):
         ...
-        ValueError: attack: unknown setting(s) ['stpes']; allowed: optimizer, epsilon, steps, lr, options, random_init, smoothing_sigma, targeted, use_best, early_stop, confidence, data_range
+        rai_probe.errors.UnknownSettingError: attack: unknown setting(s) ['stpes']; allowed: optimizer, epsilon, steps, lr, options, random_init, smoothing_sigma, targeted, use_best, early_stop, confidence, data_range
         """
+        if not isinstance(settings, Mapping):
+            raise SettingTypeError(f"{where}: must be a mapping of settings; got {settings!r}", setting=None, value=settings)
         allowed = [f.name for f in fields(cls)]
         unknown = sorted(set(settings) - set(allowed))
         if unknown:
-            raise ValueError(f"{where}: unknown setting(s) {unknown}; allowed: {', '.join(allowed)}")
+            raise UnknownSettingError(
+                f"{where}: unknown setting(s) {unknown}; allowed: {', '.join(allowed)}",
+                setting=unknown[0],
+                value=settings[unknown[0]],
+            )
+        missing = [name for name in ("optimizer", "epsilon") if name not in settings]
+        if missing:
+            raise SettingTypeError(f"{where}: `{missing[0]}` is required", setting=missing[0])
         values = dict(settings)
         if values.get("options") is None:
             values.pop("options", None)
-        if values.get("data_range") is not None:
-            values["data_range"] = tuple(float(v) for v in values["data_range"])
-        if "epsilon" in values and isinstance(values["epsilon"], int) and not isinstance(values["epsilon"], bool):
-            values["epsilon"] = float(values["epsilon"])
+        if isinstance(values.get("data_range"), (list, tuple)):
+            values["data_range"] = tuple(_as_float(v) for v in values["data_range"])
+        if "epsilon" in values:
+            values["epsilon"] = _as_float(values["epsilon"])
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

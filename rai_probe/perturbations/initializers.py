@@ -49,6 +49,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor
 
+from ..errors import SettingError, SettingTypeError
 from rai_probe.optim.functional import TINY
 from rai_probe.optim.param_transforming import rows_shape
 
@@ -70,18 +71,19 @@ _Sampler = Callable[[int, int, torch.Generator, torch.dtype], Tensor]
 # --------------------------------------------------------------------------- #
 def _check_x(where: str, x: Tensor) -> None:
     if not isinstance(x, Tensor):
-        raise TypeError(f"{where}: `x` must be a torch.Tensor; got {type(x).__name__}")
+        raise SettingTypeError(f"{where}: `x` must be a torch.Tensor; got {type(x).__name__}", setting="x")
     if not x.is_floating_point():
-        raise TypeError(f"{where}: `x` must be a floating-point tensor; got dtype {x.dtype}")
+        raise SettingTypeError(f"{where}: `x` must be a floating-point tensor; got dtype {x.dtype}", setting="x")
 
 
 def _check_param_ndim(where: str, param_ndim: int | None, x: Tensor) -> None:
     limit = max(x.ndim, 1)  # a 0-d tensor counts as one row of one element
     is_int = isinstance(param_ndim, numbers.Integral) and not isinstance(param_ndim, bool)
     if param_ndim is not None and (not is_int or abs(int(param_ndim)) > limit):
-        raise ValueError(
+        raise SettingError(
             f"{where}: `param_ndim` must be None or an integer within [-{limit}, {limit}] "
-            f"for a tensor of shape {tuple(x.shape)}; got param_ndim={param_ndim!r}"
+            f"for a tensor of shape {tuple(x.shape)}; got param_ndim={param_ndim!r}",
+            setting="param_ndim",
         )
 
 
@@ -89,8 +91,9 @@ def _check_generator(where: str, generator: torch.Generator | None) -> torch.Gen
     if generator is None:
         return torch.default_generator
     if not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"{where}: `generator` must be a torch.Generator; got {type(generator).__name__}"
+        raise SettingTypeError(
+            f"{where}: `generator` must be a torch.Generator; got {type(generator).__name__}",
+            setting="generator",
         )
     return generator
 
@@ -102,30 +105,34 @@ def _check_epsilon(where: str, epsilon: Radius, num_rows: int) -> Radius:
             epsilon = epsilon.item()  # a 0-d tensor is one radius for all rows
         else:
             if epsilon.shape != (num_rows,):
-                raise ValueError(
+                raise SettingError(
                     f"{where}: `epsilon` must be a positive float or a tensor of shape "
                     f"(N,) = ({num_rows},), one radius per row; got a tensor of shape "
-                    f"{tuple(epsilon.shape)}"
+                    f"{tuple(epsilon.shape)}",
+                    setting="epsilon",
                 )
             if epsilon.is_complex() or epsilon.dtype == torch.bool:
-                raise ValueError(
-                    f"{where}: `epsilon` must hold real numbers; got dtype {epsilon.dtype}"
+                raise SettingError(
+                    f"{where}: `epsilon` must hold real numbers; got dtype {epsilon.dtype}",
+                    setting="epsilon",
                 )
             # An initializer runs once per attack: reading the check's result
             # back to the host is acceptable here.
             valid = torch.isfinite(epsilon) & (epsilon > 0)
             if not bool(valid.all()):
                 bad = epsilon[~valid][0].item()
-                raise ValueError(
+                raise SettingError(
                     f"{where}: every entry of `epsilon` must be a finite number > 0; "
-                    f"got {bad} among epsilon={epsilon.tolist()}"
+                    f"got {bad} among epsilon={epsilon.tolist()}",
+                    setting="epsilon",
                 )
             return epsilon
     is_real = isinstance(epsilon, numbers.Real) and not isinstance(epsilon, bool)
     if not is_real or not 0.0 < float(epsilon) < math.inf:
-        raise ValueError(
+        raise SettingError(
             f"{where}: `epsilon` must be a finite number > 0 or a tensor of shape (N,); "
-            f"got epsilon={epsilon!r}"
+            f"got epsilon={epsilon!r}",
+            setting="epsilon",
         )
     return float(epsilon)
 

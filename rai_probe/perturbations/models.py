@@ -29,6 +29,8 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, Union, runtime_c
 import torch
 from torch import Tensor, nn
 
+from ..errors import SettingError, SettingTypeError
+
 __all__ = ["PerturbationModel", "AdditivePerturbation"]
 
 #: A tensor whose shape (and device, dtype) a perturbation copies, or a shape.
@@ -77,15 +79,17 @@ def _delta_shape(shape: tuple[int, ...], delta_ndim: Any) -> tuple[int, ...]:
     if delta_ndim is None:
         return shape
     if not isinstance(delta_ndim, numbers.Integral) or isinstance(delta_ndim, bool):
-        raise TypeError(
+        raise SettingTypeError(
             f"AdditivePerturbation: `delta_ndim` must be None or an integer; "
-            f"got {type(delta_ndim).__name__} {delta_ndim!r}"
+            f"got {type(delta_ndim).__name__} {delta_ndim!r}",
+            setting="delta_ndim",
         )
     ndim, delta_ndim = len(shape), int(delta_ndim)
     if abs(delta_ndim) > ndim:
-        raise ValueError(
+        raise SettingError(
             f"AdditivePerturbation: `delta_ndim` must be None or an integer within "
-            f"[-{ndim}, {ndim}] for data of shape {shape}; got delta_ndim={delta_ndim}"
+            f"[-{ndim}, {ndim}] for data of shape {shape}; got delta_ndim={delta_ndim}",
+            setting="delta_ndim",
         )
     kept = delta_ndim if delta_ndim >= 0 else ndim + delta_ndim
     return shape[ndim - kept :]
@@ -103,25 +107,28 @@ def _data_layout(
             dtype = data_or_shape.dtype
     else:
         if isinstance(data_or_shape, (str, bytes)) or not isinstance(data_or_shape, Sequence):
-            raise TypeError(
+            raise SettingTypeError(
                 "AdditivePerturbation: `data_or_shape` must be a tensor or a shape (a "
-                f"sequence of ints); got {type(data_or_shape).__name__}"
+                f"sequence of ints); got {type(data_or_shape).__name__}",
+                setting="data_or_shape",
             )
         if not all(
             isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0
             for d in data_or_shape
         ):
-            raise ValueError(
+            raise SettingError(
                 "AdditivePerturbation: `data_or_shape`, given as a shape, must hold "
-                f"non-negative ints; got {tuple(data_or_shape)!r}"
+                f"non-negative ints; got {tuple(data_or_shape)!r}",
+                setting="data_or_shape",
             )
         shape = tuple(int(d) for d in data_or_shape)
     if dtype is None:
         dtype = torch.get_default_dtype()
     elif not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
-        raise TypeError(
+        raise SettingTypeError(
             f"AdditivePerturbation: `dtype` must be a floating-point torch.dtype (delta is "
-            f"trained by gradients); got {dtype!r}"
+            f"trained by gradients); got {dtype!r}",
+            setting="dtype",
         )
     return shape, device, dtype
 
@@ -218,7 +225,7 @@ class AdditivePerturbation(nn.Module):
     >>> AdditivePerturbation((5, 2), epsilon=1.0)
     Traceback (most recent call last):
     ...
-    TypeError: AdditivePerturbation: keyword arguments ['epsilon'] are for `init_fn`, but no init_fn was given
+    rai_probe.errors.SettingTypeError: AdditivePerturbation: keyword arguments ['epsilon'] are for `init_fn`, but no init_fn was given
     """
 
     delta: nn.Parameter
@@ -235,13 +242,15 @@ class AdditivePerturbation(nn.Module):
     ) -> None:
         super().__init__()
         if init_fn is None and init_fn_kwargs:
-            raise TypeError(
+            raise SettingTypeError(
                 f"AdditivePerturbation: keyword arguments {sorted(init_fn_kwargs)} are for "
-                "`init_fn`, but no init_fn was given"
+                "`init_fn`, but no init_fn was given",
+                setting="init_fn",
             )
         if init_fn is not None and not callable(init_fn):
-            raise TypeError(
-                f"AdditivePerturbation: `init_fn` must be callable; got {type(init_fn).__name__}"
+            raise SettingTypeError(
+                f"AdditivePerturbation: `init_fn` must be callable; got {type(init_fn).__name__}",
+                setting="init_fn",
             )
         shape, device, dtype = _data_layout(data_or_shape, device, dtype)
         shape = _delta_shape(shape, delta_ndim)
@@ -250,11 +259,12 @@ class AdditivePerturbation(nn.Module):
             with torch.no_grad():
                 result = init_fn(self.delta, **init_fn_kwargs)
             if isinstance(result, Tensor) and not _shares_storage(result, self.delta):
-                raise TypeError(
+                raise SettingTypeError(
                     f"AdditivePerturbation: `init_fn` must fill `delta` in place; "
                     f"{getattr(init_fn, '__name__', repr(init_fn))} returned a new tensor "
                     "(use an in-place initializer, e.g. `uniform_like_l2_n_ball_` or "
-                    "`torch.nn.init.normal_`)"
+                    "`torch.nn.init.normal_`)",
+                    setting="init_fn",
                 )
 
     def forward(self, data: Tensor) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -12,7 +13,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..errors import SettingError, SettingTypeError
 from ..optim.constraints import bound_rows
+from ..optim.nonfinite import SkipsNonFiniteRows
 from .models import AdditivePerturbation
 
 __all__ = ["AttackResult", "gradient_ascent", "random_restart", "frozen_eval"]
@@ -48,7 +51,14 @@ class AttackResult:
         The model's output at ``xadv``.
     steps_run : int
         Optimizer steps taken (fewer than ``steps`` when early stopping ended
-        the run).
+        the run; 0 for an empty batch).
+    skipped_rows : int or None
+        Rows of the perturbation the optimizer left unchanged during the run
+        because their gradient held a NaN or ±Inf, summed over steps (see
+        :mod:`rai_probe.optim.nonfinite`; one row per datum for the default
+        per-datum perturbation); ``None`` when the optimizer does not count
+        them (e.g. a plain ``torch.optim`` optimizer). After
+        :func:`random_restart`: the sum over all runs.
     """
 
     xadv: Tensor
@@ -59,6 +69,7 @@ class AttackResult:
     first_success_step: Tensor | None
     logits: Tensor
     steps_run: int
+    skipped_rows: int | None = None
 
     def __iter__(self) -> Iterator[Tensor]:
         return iter((self.xadv, self.losses))
@@ -97,38 +108,73 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
             param.requires_grad_(requires_grad)
 
 
+def _nonfinite_indices(t: Tensor, limit: int = 8) -> str:
+    """The leading indices of ``t`` holding a NaN or ±Inf, for an error message (host sync)."""
+    bad = ~torch.isfinite(t)
+    rows = bad.reshape(t.shape[0], -1).any(dim=1) if t.ndim else bad.reshape(1)
+    found = rows.nonzero().flatten().tolist()
+    shown = ", ".join(map(str, found[:limit])) + (", ..." if len(found) > limit else "")
+    return f"{len(found)} of {rows.numel()} (indices {shown})"
+
+
 def _check_inputs(data: Any, target: Any, steps: Any, data_range: Any, confidence: Any) -> None:
     if not isinstance(data, Tensor):
-        raise TypeError(f"`data` must be a torch.Tensor; got {type(data).__name__}")
+        raise SettingTypeError(
+            f"`data` must be a torch.Tensor; got {type(data).__name__}", setting="data", value=data
+        )
     if not isinstance(target, Tensor):
-        raise TypeError(f"`target` must be a torch.Tensor; got {type(target).__name__}")
+        raise SettingTypeError(
+            f"`target` must be a torch.Tensor; got {type(target).__name__}",
+            setting="target",
+            value=target,
+        )
     if data.ndim == 0 or target.ndim == 0 or data.shape[0] != target.shape[0]:
-        raise ValueError(
+        raise SettingError(
             "`data` and `target` must have the same batch size (leading dimension); "
-            f"got data of shape {tuple(data.shape)} and target of shape {tuple(target.shape)}"
+            f"got data of shape {tuple(data.shape)} and target of shape {tuple(target.shape)}",
+            setting="target" if data.ndim else "data",
+            value=tuple(target.shape) if data.ndim else tuple(data.shape),
         )
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"`steps` must be an integer >= 1; got steps={steps!r}")
+        raise SettingError(f"`steps` must be an integer >= 1; got steps={steps!r}", setting="steps", value=steps)
+    if data.is_floating_point() or data.is_complex():
+        if not bool(torch.isfinite(data).all()):  # once per run, before any work
+            raise SettingError(
+                f"`data` must be finite: {_nonfinite_indices(data)} data hold NaN or Inf values, "
+                "which no perturbation can make valid inputs (and NaN passes every range check)",
+                setting="data",
+            )
     if data_range is not None:
         try:
             low, high = (float(v) for v in data_range)
         except (TypeError, ValueError):
-            raise ValueError(
-                f"`data_range` must be a pair (low, high) of numbers; got data_range={data_range!r}"
+            raise SettingError(
+                f"`data_range` must be a pair (low, high) of numbers; got data_range={data_range!r}",
+                setting="data_range",
+                value=data_range,
             ) from None
-        if not low < high:
-            raise ValueError(f"`data_range` must satisfy low < high; got data_range={data_range!r}")
+        if not low < high:  # also refuses NaN
+            raise SettingError(
+                f"`data_range` must satisfy low < high; got data_range={data_range!r}",
+                setting="data_range",
+                value=data_range,
+            )
         if bool((data < low).any()) or bool((data > high).any()):
-            raise ValueError(
+            raise SettingError(
                 f"`data` has values outside data_range={data_range!r}: every input must "
-                "already be valid for the perturbed inputs to stay valid"
+                "already be valid for the perturbed inputs to stay valid",
+                setting="data",
             )
     if confidence is not None and (
         isinstance(confidence, bool)
         or not isinstance(confidence, (int, float))
         or not 0 <= confidence <= 1
     ):
-        raise ValueError(f"`confidence` must be None or within [0, 1]; got confidence={confidence!r}")
+        raise SettingError(
+            f"`confidence` must be None or within [0, 1]; got confidence={confidence!r}",
+            setting="confidence",
+            value=confidence,
+        )
 
 
 def _check_classes(logits: Tensor, target: Tensor, n: int) -> bool:
@@ -143,19 +189,55 @@ def _check_classes(logits: Tensor, target: Tensor, n: int) -> bool:
     if classifies:
         classes = logits.shape[1]
         if bool((target < 0).any()) or bool((target >= classes).any()):
-            raise ValueError(
+            raise SettingError(
                 f"`target` holds class indices outside [0, {classes - 1}], the range of the "
-                f"model's {classes} outputs"
+                f"model's {classes} outputs",
+                setting="target",
             )
     return classifies
 
 
 def _check_losses(losses: Tensor, n: int, needs_per_datum: str | None) -> None:
     if needs_per_datum is not None and tuple(losses.shape) != (n,):
-        raise ValueError(
+        raise SettingError(
             f"`criterion` must return one loss per datum, shape ({n},), when {needs_per_datum}; "
-            f"got shape {tuple(losses.shape)} (use reduction='none')"
+            f"got shape {tuple(losses.shape)} (use reduction='none')",
+            setting="criterion",
         )
+
+
+def _check_start(logits: Any, losses: Tensor) -> None:
+    """Refuse a run whose starting point already has non-finite model outputs or losses.
+
+    One host sync, at the first evaluation only. Nothing an optimizer does
+    can recover from a model that is not finite at the start, and a NaN
+    logit would otherwise count as a successful attack.
+    """
+    outputs = logits if isinstance(logits, Tensor) and logits.is_floating_point() else None
+    flags = [torch.isfinite(t).all() for t in (outputs, losses) if t is not None and t.is_floating_point()]
+    if not flags or all(torch.stack([f.to(flags[0].device) for f in flags]).tolist()):
+        return
+    if outputs is not None and not bool(torch.isfinite(outputs).all()):
+        raise SettingError(
+            f"`model` returned NaN or Inf outputs at the start of the attack (the data plus the "
+            f"initial perturbation) for {_nonfinite_indices(outputs)} data: an attack needs a "
+            "model that is finite on its inputs",
+            setting="model",
+        )
+    raise SettingError(
+        f"`criterion` returned NaN or Inf losses at the start of the attack for "
+        f"{_nonfinite_indices(losses)} data, with finite model outputs",
+        setting="criterion",
+    )
+
+
+def _finite_per_datum(values: Any, n: int) -> Tensor | None:
+    """Per datum, whether every entry of ``values`` (shape ``(n, ...)``) is finite; None if not per datum."""
+    if not isinstance(values, Tensor) or values.ndim == 0 or values.shape[0] != n:
+        return None
+    if not values.is_floating_point():
+        return torch.ones(n, dtype=torch.bool, device=values.device)
+    return torch.isfinite(values).reshape(n, math.prod(values.shape[1:])).all(dim=1)
 
 
 def _goal_met(logits: Tensor, target: Tensor, targeted: bool, confidence: float | None) -> Tensor:
@@ -224,10 +306,18 @@ def _build(factory: Any, what: str, *args: Any, **kwargs: Any) -> Any:
     """Call a class / partial / factory function; pass an instance through (no kwargs allowed)."""
     if isinstance(factory, (nn.Module, Optimizer)):
         if kwargs:
-            raise TypeError(f"keyword arguments {sorted(kwargs)} given with an already-built `{what}`")
+            raise SettingTypeError(
+                f"keyword arguments {sorted(kwargs)} given with an already-built `{what}`",
+                setting=sorted(kwargs)[0],
+                value=kwargs,
+            )
         return factory
     if not callable(factory):
-        raise TypeError(f"`{what}` must be a class, a partial, a factory or an instance; got {factory!r}")
+        raise SettingTypeError(
+            f"`{what}` must be a class, a partial, a factory or an instance; got {factory!r}",
+            setting=what,
+            value=factory,
+        )
     return factory(*args, **kwargs)
 
 
@@ -257,6 +347,15 @@ def gradient_ascent(
     targeted runs minimize it. The model is in eval mode with its parameters
     frozen during the run; both are restored afterwards, also when an error
     is raised. Works when called under ``torch.no_grad()``.
+
+    Non-finite values: ``data`` holding a NaN or ±Inf, and a model (or
+    criterion) that is not finite at the starting point, are refused with a
+    :class:`~rai_probe.errors.SettingError` naming ``data``, ``model`` or
+    ``criterion`` (one host sync, at the start). A later iterate whose logits
+    or loss are not finite is never a success and never the ``use_best``
+    pick. Rows the optimizer skips for non-finite gradients are counted in
+    ``AttackResult.skipped_rows`` and logged once at the end of the run. An
+    empty batch takes no step and returns an empty, well-shaped result.
 
     Parameters
     ----------
@@ -342,16 +441,21 @@ def gradient_ascent(
     optim = _build(optimizer, "optimizer", params, **optim_kwargs)
     held = {id(p) for group in optim.param_groups for p in group["params"]}
     if not all(id(p) in held for p in params):
-        raise ValueError(
+        raise SettingError(
             "`optimizer` does not hold the perturbation model's parameters: pass an optimizer "
             "class or partial, or build it on the parameters of the `perturbation_model` "
-            "instance you pass"
+            "instance you pass",
+            setting="optimizer",
         )
     if early_stop and not all(p.ndim >= 1 and p.shape[0] == n for p in params):
-        raise ValueError(
+        raise SettingError(
             "`early_stop=True` needs per-datum perturbation parameters (leading dimension "
-            f"{n}); got parameter shapes {[tuple(p.shape) for p in params]}"
+            f"{n}); got parameter shapes {[tuple(p.shape) for p in params]}",
+            setting="early_stop",
+            value=early_stop,
         )
+    counts_skipped = isinstance(optim, SkipsNonFiniteRows)
+    skipped_before = optim.skipped_rows if counts_skipped else None
 
     box = None
     delta = getattr(perturbation, "delta", None)
@@ -382,19 +486,27 @@ def gradient_ascent(
         losses = criterion(logits, target)
         if step == 0:
             _check_losses(losses, n, needs_per_datum)
+            _check_start(logits, losses)
             if early_stop and not has_success:
-                raise ValueError(
+                raise SettingError(
                     "`early_stop=True` needs a classifier: model outputs of shape (N, C) and "
                     f"integer class targets of shape (N,); got outputs {tuple(logits.shape)} and "
-                    f"target {tuple(target.shape)} of dtype {target.dtype}"
+                    f"target {tuple(target.shape)} of dtype {target.dtype}",
+                    setting="early_stop",
+                    value=early_stop,
                 )
             if has_success:
                 first_success = torch.full((n,), -1, dtype=torch.long, device=logits.device)
         trace.append(reduction_fn(losses).detach())
         if tuple(losses.shape) == (n,):
             datum_trace.append(losses.detach())
+        # an iterate with a NaN / Inf output or loss is never a success nor the best
+        finite = _finite_per_datum(logits.detach(), n)
+        if tuple(losses.shape) == (n,):
+            finite_losses = _finite_per_datum(losses.detach(), n)
+            finite = finite_losses if finite is None else finite & finite_losses.to(finite.device)
         if has_success:
-            success = _goal_met(logits.detach(), target, targeted, confidence)
+            success = _goal_met(logits.detach(), target, targeted, confidence) & finite
             first_success = torch.where(success & (first_success < 0), step, first_success)
         if use_best:
             current = losses.detach()
@@ -403,6 +515,7 @@ def gradient_ascent(
                 best_logits = logits.detach().clone()
             else:
                 better = current < best_losses if targeted else current > best_losses
+                better &= finite.to(better.device)
                 best_losses = torch.where(better, current, best_losses)
                 best_x = torch.where(_rows(better, xadv), xadv.detach(), best_x)
                 best_logits = torch.where(_rows(better, logits), logits.detach(), best_logits)
@@ -411,7 +524,7 @@ def gradient_ascent(
     freeze = frozen_eval(model) if isinstance(model, nn.Module) else nullcontext()
     with freeze, box if box is not None else nullcontext(), torch.enable_grad():
         final = None
-        for step in range(steps):
+        for step in range(steps if n else 0):  # an empty batch: nothing to optimize
             xadv, logits, losses = evaluate(step)
             frozen = success if early_stop else None
             if frozen is not None and bool(frozen.all()):  # one host sync per step
@@ -434,13 +547,15 @@ def gradient_ascent(
                 log.info("step %d/%d: loss %.4g%s", step + 1, steps, trace[-1].item(), rate)
         if final is None:
             with torch.no_grad():
-                final = evaluate(steps_run)
+                final = _evaluate_empty(evaluate, data) if n == 0 else evaluate(steps_run)
         xadv, logits, losses = final
 
     if use_best:
         xadv, losses, logits = best_x, best_losses, best_logits
         if has_success:
-            success = _goal_met(logits, target, targeted, confidence)
+            finite = _finite_per_datum(logits, n)
+            success = _goal_met(logits, target, targeted, confidence) & finite
+    skipped = _report_skipped(optim, skipped_before) if counts_skipped else None
     return AttackResult(
         xadv=xadv.detach(),
         losses=losses.detach(),
@@ -450,7 +565,35 @@ def gradient_ascent(
         first_success_step=first_success,
         logits=logits.detach(),
         steps_run=steps_run,
+        skipped_rows=skipped,
     )
+
+
+def _evaluate_empty(evaluate: Callable[[int], Any], data: Tensor) -> Any:
+    """Evaluate an empty batch once (no steps), naming ``data`` if the model cannot take it."""
+    try:
+        return evaluate(0)
+    except SettingError:
+        raise
+    except Exception as error:
+        raise SettingError(
+            f"`data` is an empty batch (shape {tuple(data.shape)}) and the model or criterion "
+            f"cannot evaluate it ({type(error).__name__}: {error}); pass at least one datum",
+            setting="data",
+        ) from error
+
+
+def _report_skipped(optim: SkipsNonFiniteRows, before: Tensor) -> int:
+    """Rows the optimizer skipped during the run (one host sync, after the run); log them."""
+    skipped = int(optim.skipped_rows - before.to(optim.skipped_rows.device))
+    if skipped:
+        log.warning(
+            "gradient_ascent: %d perturbation row(s) had NaN or Inf gradients and were left "
+            "unchanged at those steps (summed over steps; see AttackResult.skipped_rows): the "
+            "model or criterion is not finite somewhere along the attack",
+            skipped,
+        )
+    return skipped
 
 
 def random_restart(solver: Callable[..., AttackResult], repeats: int) -> Callable[..., AttackResult]:
@@ -489,18 +632,24 @@ def random_restart(solver: Callable[..., AttackResult], repeats: int) -> Callabl
     torch.Size([4, 2])
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"`repeats` must be an integer >= 1; got repeats={repeats!r}")
+        raise SettingError(
+            f"`repeats` must be an integer >= 1; got repeats={repeats!r}", setting="repeats", value=repeats
+        )
 
     @functools.wraps(solver)
     def run(**kwargs: Any) -> AttackResult:
         targeted = kwargs.get("targeted", False)
         best: AttackResult | None = None
-        traces = []
+        traces, skipped = [], []
         for _ in range(repeats):
             result = solver(**kwargs)
             traces.append(result.loss_trace)
+            skipped.append(getattr(result, "skipped_rows", None))
             if result.losses.ndim != 1:
-                raise ValueError("random_restart needs a solver that returns one loss per datum")
+                raise SettingError(
+                    "random_restart needs a solver that returns one loss per datum",
+                    setting="solver",
+                )
             if best is None:
                 best = result
                 continue
@@ -513,6 +662,7 @@ def random_restart(solver: Callable[..., AttackResult], repeats: int) -> Callabl
         for row, t in enumerate(traces):
             padded[row, : t.shape[0]] = t
         best.loss_trace = padded
+        best.skipped_rows = None if None in skipped else sum(skipped)
         return best
 
     return run

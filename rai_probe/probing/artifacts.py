@@ -11,7 +11,8 @@ file                              content
 ``metrics.json``                  ``{"status": "complete", "summary", "config",
                                   "overrides", ...}`` (:func:`write_metrics`), written
                                   **last** and atomically: its presence means the job
-                                  completed
+                                  completed (``"status": "interrupted"`` for a job
+                                  stopped by Ctrl-C, whose finished images are saved)
 ``error.txt``                     the error of a failed job (:func:`write_error`)
 ``figures/``                      the pictures (:mod:`rai_probe.probing.figures`)
 ================================  ==========================================================
@@ -19,7 +20,8 @@ file                              content
 Every file is written to a temporary name in the same directory and then
 renamed over its final name (:func:`os.replace`), so a reader never sees a
 half-written file. :func:`job_status` reads a job directory back as
-``"complete"``, ``"failed"`` or ``"unfinished"``.
+``"complete"``, ``"interrupted"`` (stopped by Ctrl-C; what finished is saved),
+``"failed"`` or ``"unfinished"``.
 
 Examples
 --------
@@ -48,6 +50,8 @@ import torch
 from torch import Tensor
 
 from .._io import write_atomic
+from ..jobs.rundir import ERROR_FILE, METRICS_FILE, job_status, write_error
+from ..models import read_torch_file
 from .metrics import PER_IMAGE_KEYS, per_image_metrics
 
 __all__ = [
@@ -67,10 +71,8 @@ __all__ = [
     "job_status",
 ]
 
-METRICS_FILE = "metrics.json"
 PER_IMAGE_FILE = "per_image.csv"
 PERTURBATIONS_FILE = "perturbations.pt"
-ERROR_FILE = "error.txt"
 FIGURES_DIR = "figures"
 
 #: Keys every ``perturbations.pt`` holds.
@@ -135,7 +137,18 @@ def _check_class_names(class_names: Any, classes: int) -> list[str]:
 def _cpu(name: str, x: Any) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor; got {type(x).__name__}")
-    return x.detach().cpu()
+    return _own_storage(x.detach().cpu())
+
+
+def _own_storage(x: Tensor) -> Tensor:
+    """``x`` in a storage of its own size: ``torch.save`` of a view writes its whole base tensor.
+
+    (A batch sliced from a loaded dataset is a view of the whole split: saved
+    as is, every job's file would hold every image of the split.)
+    """
+    if x.untyped_storage().nbytes() > x.numel() * x.element_size() or not x.is_contiguous():
+        return x.clone(memory_format=torch.contiguous_format)
+    return x
 
 
 def _class_vector(name: str, x: Tensor | None, n: int) -> Tensor:
@@ -256,18 +269,25 @@ def save_perturbations(
     for key, value in (extra or {}).items():
         if key in payload:
             raise ValueError(f"`extra` must not repeat a standard key of perturbations.pt; got {key!r}")
-        payload[key] = value.detach().cpu() if isinstance(value, Tensor) else value
+        payload[key] = _own_storage(value.detach().cpu()) if isinstance(value, Tensor) else value
     path = directory / PERTURBATIONS_FILE
     return write_atomic(path, save=lambda file: torch.save(payload, file))
 
 
 def load_perturbations(path_or_dir: str | os.PathLike) -> dict:
-    """Load a ``perturbations.pt`` (given itself or its job directory) with ``weights_only=True``.
+    """Load a ``perturbations.pt`` (given itself or its job directory) safely.
+
+    The file is read by :func:`rai_probe.models.read_torch_file`: its sizes
+    are checked before reading, and it is loaded with ``weights_only=True``,
+    so a file that holds code is refused and its code never runs.
 
     Raises
     ------
     FileNotFoundError
         When the file does not exist (the message names the path).
+    rai_probe.models.CheckpointError
+        When it is not a torch file, is corrupt, or holds code (a
+        ``ValueError``).
     ValueError
         When it is not a dict holding the keys :func:`save_perturbations` writes.
 
@@ -286,7 +306,7 @@ def load_perturbations(path_or_dir: str | os.PathLike) -> dict:
         path = path / PERTURBATIONS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"perturbations file {str(path)} (no such file)")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = read_torch_file(path)  # size-guarded, weights-only: a file holding code is refused, never run
     if not isinstance(saved, dict):
         raise ValueError(f"{str(path)} must hold a dict; got {type(saved).__name__}")
     missing = [key for key in PERTURBATION_KEYS if key not in saved]
@@ -469,6 +489,7 @@ def write_metrics(
     config: Mapping[str, Any],
     overrides: Sequence[str],
     extra: Mapping[str, Any] | None = None,
+    status: str = "complete",
 ) -> Path:
     """Write ``metrics.json`` atomically; write it **last**: its presence marks the job complete.
 
@@ -485,12 +506,14 @@ def write_metrics(
     extra : mapping, optional
         More top-level entries (e.g. timings); keys must differ from
         ``status``, ``summary``, ``config`` and ``overrides``.
+    status : {"complete", "interrupted"}, optional (default="complete")
+        How the job ended.
 
     Returns
     -------
     Path
         ``out_dir / "metrics.json"`` holding
-        ``{"status": "complete", "summary", "config", "overrides", **extra}``.
+        ``{"status": status, "summary", "config", "overrides", **extra}``.
 
     Raises
     ------
@@ -513,8 +536,10 @@ def write_metrics(
     directory = _directory(out_dir, create=True)
     if isinstance(overrides, str) or not all(isinstance(item, str) for item in overrides):
         raise TypeError(f"`overrides` must be a list of strings; got {overrides!r}")
+    if status not in ("complete", "interrupted"):
+        raise ValueError(f"`status` must be 'complete' or 'interrupted'; got status={status!r}")
     payload: dict[str, Any] = {
-        "status": "complete",
+        "status": status,
         "summary": dict(summary),
         "config": _plain_config(config),
         "overrides": list(overrides),
@@ -564,53 +589,3 @@ def read_metrics(path_or_dir: str | os.PathLike) -> dict:
     if not isinstance(metrics, dict):
         raise ValueError(f"{str(path)} must hold a JSON object; got {type(metrics).__name__}")
     return metrics
-
-
-def write_error(out_dir: str | os.PathLike, message: str) -> Path:
-    """Write ``error.txt`` for a failed job.
-
-    Put the one-line reason first (e.g. ``"ValueError: ..."``), then any
-    traceback: the sweep report quotes the first line.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     print(write_error(tmp, "ValueError: bad epsilon").read_text())
-    ValueError: bad epsilon
-    """
-    directory = _directory(out_dir, create=True)
-    if not isinstance(message, str):
-        raise TypeError(f"`message` must be a str; got {type(message).__name__}")
-    return write_atomic(directory / ERROR_FILE, message if message.endswith("\n") else message + "\n")
-
-
-def job_status(job_dir: str | os.PathLike) -> str:
-    """``"complete"`` (a ``metrics.json`` with status complete), ``"failed"`` (``error.txt``) or ``"unfinished"``.
-
-    A complete ``metrics.json`` wins over an ``error.txt``; an unreadable
-    ``metrics.json`` does not count as complete.
-
-    Raises
-    ------
-    FileNotFoundError
-        When ``job_dir`` is not a directory.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     print(job_status(tmp))
-    unfinished
-    """
-    directory = Path(job_dir)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"job directory {str(directory)} (no such directory)")
-    try:
-        if read_metrics(directory).get("status") == "complete":
-            return "complete"
-    except (FileNotFoundError, ValueError, OSError):
-        pass
-    if (directory / ERROR_FILE).is_file():
-        return "failed"
-    return "unfinished"

@@ -1,66 +1,49 @@
-"""The Hydra side of ``scripts/probe.py``: config in, one job run, errors as one paragraph."""
+"""The probe job as the scripts and Hydra see it: ``python scripts/probe.py +attack=l1q``.
+
+:func:`probe_job` is the job function :func:`~rai_probe.jobs.hydra_app.hydra_main`
+runs for every (multi)run: it lists the attacks when none was chosen and runs
+:func:`~rai_probe.probing.run.run_probe`. Errors, Ctrl-C and sweeps are handled
+by :mod:`rai_probe.jobs.hydra_app`: a bad setting is one paragraph naming the
+override (exit status 2, ``error.txt``), Ctrl-C one line (exit status 130).
+"""
 
 from __future__ import annotations
 
-import logging
-import sys
-import textwrap
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
-
-from .artifacts import write_error
+from ..jobs.errors import ConfigError, typed_override
+from ..jobs.hydra_app import hydra_main
 from .run import run_probe
-from .settings import ProbeConfigError
 
-__all__ = ["probe_main", "available"]
+__all__ = ["probe_job", "main", "available", "CONFIG_DIR"]
 
-log = logging.getLogger("rai_probe.probe")
-
-#: Exit status of a run that could not start or finish because of its settings.
-EXIT_BAD_CONFIG = 2
+#: The project's Hydra configs (``probe.yaml`` and its groups).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
-def available(group: str) -> list[str]:
-    """Names of the configs in a config group (e.g. ``"attack"``) of the running Hydra app."""
-    return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+def available(group: str, config_dir: str | os.PathLike = CONFIG_DIR) -> list[str]:
+    """Names of the configs of a config group (e.g. ``"attack"``).
 
-
-def _paragraph(message: str) -> str:
-    return textwrap.fill(" ".join(message.split()), width=100)
-
-
-def probe_main(cfg: DictConfig) -> dict[str, Any] | None:
-    """Run one probe job from Hydra's config; report bad settings without a traceback.
-
-    In a single run a bad setting prints one paragraph to stderr and exits with
-    status 2. In a multirun the job leaves ``error.txt`` (so the sweep report
-    lists it as failed), logs the paragraph and returns, so the other jobs go on.
+    Examples
+    --------
+    >>> "l1q" in available("attack")
+    True
     """
-    hydra_cfg = HydraConfig.get()
-    output_dir = Path(hydra_cfg.runtime.output_dir)
-    overrides = list(hydra_cfg.overrides.task)
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    try:
-        if "attack" not in cfg:
-            raise ProbeConfigError(
-                "no attack chosen: add one of " + ", ".join(f"+attack={name}" for name in available("attack")),
-                "+attack",
-            )
-        settings = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-        return run_probe(settings, output_dir, overrides)
-    except ProbeConfigError as error:
-        message = _paragraph(f"rai_probe: {error}")
-        write_error(output_dir, message)
-        log.error("%s", message)
-        if not multirun:
-            print(f"\n{message}\n", file=sys.stderr)
-            sys.exit(EXIT_BAD_CONFIG)
-        return None
-    except Exception as error:  # an unexpected failure: keep the traceback, mark the job failed
-        write_error(output_dir, f"{type(error).__name__}: {error}")
-        raise
+    return sorted(path.stem for path in (Path(config_dir) / group).glob("*.yaml"))
+
+
+def probe_job(settings: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """Run one probe job from its resolved settings (the task of ``scripts/probe.py``)."""
+    if settings.get("attack") is None:
+        raise ConfigError(
+            "no attack chosen: add one of " + ", ".join(f"+attack={name}" for name in available("attack")),
+            typed_override("+attack", overrides),
+        )
+    return run_probe(settings, output_dir, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python scripts/probe.py [overrides]``; returns the exit status."""
+    return hydra_main(probe_job, config_name="probe", config_dir=CONFIG_DIR, argv=argv)

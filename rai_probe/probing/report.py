@@ -61,6 +61,7 @@ __all__ = [
     "report_rows",
     "write_report",
     "REPORT_FILES",
+    "main",
 ]
 
 #: Names of the report's files, by the keys :func:`write_report` returns.
@@ -105,7 +106,7 @@ METRICS = (
 #: At most this many panels in ``gallery.png``.
 MAX_GALLERY = 48
 
-_STATUSES = ("complete", "failed", "unfinished")
+_STATUSES = ("complete", "interrupted", "failed", "unfinished")
 
 
 @dataclass
@@ -116,7 +117,7 @@ class JobRecord:
     ----------
     job_dir : Path
     status : str
-        ``"complete"``, ``"failed"`` or ``"unfinished"``
+        ``"complete"``, ``"interrupted"``, ``"failed"`` or ``"unfinished"``
         (:func:`~rai_probe.probing.artifacts.job_status`).
     overrides : list of str
         The job's overrides (``.hydra/overrides.yaml``).
@@ -125,7 +126,8 @@ class JobRecord:
         (missing ones left out) plus every swept (overridden) config value,
         under its dotted key.
     summary : dict or None
-        The ``summary`` of ``metrics.json`` for a complete job.
+        The ``summary`` of ``metrics.json`` for a complete job (for an
+        interrupted one: of the images it finished).
     error : str or None
         The text of ``error.txt`` for a failed job.
     name : str
@@ -272,7 +274,12 @@ def _read_job(job_dir: Path, name: str) -> JobRecord:
             metrics = read_metrics(job_dir)
         except ValueError as error:
             notes.append(f"unreadable {METRICS_FILE}: {error}")
-    if status == "complete":
+    if status == "interrupted":
+        notes.append(
+            f"interrupted (Ctrl-C) after {metrics.get('rows_finished', '?')} of {metrics.get('rows_planned', '?')} "
+            "images: its numbers cover those only"
+        )
+    if status in ("complete", "interrupted"):
         summary = metrics.get("summary") if isinstance(metrics.get("summary"), dict) else {}
         if config is None:
             config = metrics.get("config")
@@ -325,7 +332,7 @@ def collect_jobs(sweep_dir: str | os.PathLike, *, skip: str | os.PathLike | None
 
 
 def summary_line(jobs: Sequence[JobRecord]) -> str:
-    """``"6 jobs: 4 complete, 1 failed (job 3), 1 unfinished (job 5)"``.
+    """``"6 jobs: 4 complete, 1 failed (job 3), 1 unfinished (job 5)"`` (interrupted jobs named when any).
 
     Examples
     --------
@@ -338,6 +345,8 @@ def summary_line(jobs: Sequence[JobRecord]) -> str:
     parts = []
     for status in _STATUSES:
         names = [job.name for job in jobs if job.status == status]
+        if status == "interrupted" and not names:
+            continue
         text = f"{len(names)} {status}"
         if names and status != "complete":
             text += f" ({'job' if len(names) == 1 else 'jobs'} {', '.join(names)})"
@@ -558,8 +567,11 @@ def _gallery(out_dir: Path, complete: Sequence[JobRecord], notes: list[str]) -> 
                 f"image 0: {'success' if succeeded else 'failed'}, max {float(values.max()):.3g}"
             )
             panels[job.name] = (values, text, not succeeded)
-        except (FileNotFoundError, ValueError, RuntimeError, KeyError, IndexError) as error:
-            notes.append(f"job {job.name}: no heatmap in the gallery ({type(error).__name__}: {error})")
+        except Exception as error:  # one unreadable or unsafe file must not stop the report
+            reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+            notes.append(
+                f"job {job.name}: skipped in the gallery, its perturbations.pt could not be loaded safely ({reason})"
+            )
             panels[job.name] = (None, f"job {job.name}\n{parameters}\nno perturbations.pt", False)
 
     # a table layout (rows: lines of the plots, columns: epsilon) when each cell holds one job
@@ -669,20 +681,18 @@ def write_report(
         settings = ", ".join(f"{key}={_cell(value, markdown=True)}" for key, value in fixed.items())
         lines += [f"Same in every job: {settings}.", ""]
     lines += _markdown_table(columns, rows, fixed) + [""]
-    failed = [job for job in jobs if job.status == "failed"]
-    if failed:
-        lines += ["## Failed jobs", ""]
-        lines += _bullets(f"job {job.name}: `{job.error_line or 'error.txt is empty'}` ({job.job_dir / ERROR_FILE})"
-                          for job in failed)
-        lines.append("")
-    unfinished = [job for job in jobs if job.status == "unfinished"]
-    if unfinished:
-        lines += ["## Unfinished jobs", ""]
-        lines += _bullets(
-            f"job {job.name}: no metrics.json (still running, killed or never started) ({job.job_dir})"
-            for job in unfinished
-        )
-        lines.append("")
+    sections = (
+        ("failed", "Failed jobs",
+         lambda job: f"`{job.error_line or 'error.txt is empty'}` ({job.job_dir / ERROR_FILE})"),
+        ("interrupted", "Interrupted jobs",
+         lambda job: f"stopped by Ctrl-C; the images it finished are saved, the rest never ran ({job.job_dir})"),
+        ("unfinished", "Unfinished jobs",
+         lambda job: f"no metrics.json (still running, killed or never started) ({job.job_dir})"),
+    )
+    for status, heading, describe in sections:
+        listed = [job for job in jobs if job.status == status]
+        if listed:
+            lines += [f"## {heading}", ""] + _bullets(f"job {job.name}: {describe(job)}" for job in listed) + [""]
     reading = [f"job {job.name}: {note}" for job in jobs for note in job.notes]
     if notes or reading:
         lines += ["## Notes", ""] + _bullets(notes + reading) + [""]
@@ -693,3 +703,29 @@ def write_report(
     written["markdown"] = write_atomic(target / REPORT_FILES["markdown"], "\n".join(lines))
     written.update(pictures)
     return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python scripts/report.py DIR [--out OUT]``: write the report; return the exit status.
+
+    A problem with ``DIR`` or ``OUT`` is one paragraph on stderr and exit
+    status 2; a job that cannot be read is named in the report, never fatal.
+    """
+    import argparse
+    import sys
+
+    from ..jobs.errors import EXIT_BAD_CONFIG, paragraph
+
+    parser = argparse.ArgumentParser(description="Report over a sweep: one table of all jobs, curves and a gallery.")
+    parser.add_argument("sweep_dir", metavar="DIR", help="a Hydra multirun directory")
+    parser.add_argument("--out", default=None, help="where the report goes (default: DIR/report)")
+    args = parser.parse_args(argv)
+    try:
+        jobs = collect_jobs(args.sweep_dir, skip=args.out)
+        written = write_report(args.sweep_dir, args.out, jobs=jobs)
+    except OSError as error:  # missing DIR, no job, an OUT that is a file or not writable
+        print(paragraph(f"rai_probe: report: {error}"), file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(written["markdown"])
+    print(summary_line(jobs))
+    return 0

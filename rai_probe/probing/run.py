@@ -1,30 +1,39 @@
-"""Run one probe job: config -> model -> data -> plan -> attack -> metrics -> files and pictures."""
+"""Run one probe job: settings -> model -> data -> plan -> attack batches -> metrics -> files and pictures.
+
+Every setting is checked before anything heavy is loaded (:func:`check_settings`
+of the whole config, then the attack), the model is loaded and the attack's
+shape-dependent options are checked against its input, then the data is
+loaded. Ctrl-C during the attack keeps every finished batch: they are saved
+and the job is marked ``interrupted`` (:class:`~rai_probe.jobs.hydra_app.JobInterrupted`).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from ..errors import SettingError
+from ..jobs.errors import typed_override
+from ..jobs.hydra_app import JobInterrupted
+from ..jobs.rundir import RunDirectory, RunDirectoryBusy
+from ..perturbations.attacks import Attack
 from ..progress import Progress
 from ..runtime import select_device, set_threads
-from .artifacts import (
-    ERROR_FILE,
-    FIGURES_DIR,
-    METRICS_FILE,
-    save_perturbations,
-    write_metrics,
-    write_per_image_csv,
-)
+from .artifacts import FIGURES_DIR, save_perturbations, write_metrics, write_per_image_csv
 from .figures import plot_class_grid, plot_loss_trace, save_batch_grids
 from .metrics import per_image_metrics, summarize
+from .schema import check_probe_settings
 from .settings import (
     ProbeConfigError,
+    ProbePlan,
     attack_from_config,
+    check_attack_shape,
     data_from_config,
     model_from_config,
     plan_from_config,
@@ -39,18 +48,68 @@ class ProbeOutcome(dict):
     """What :func:`run_probe` returns: the summary plus where the files went."""
 
 
-def _positive_int(cfg: Mapping[str, Any], key: str) -> int:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ProbeConfigError(f"{key} must be an integer >= 1; got {key}={value!r}", key)
-    return value
+@dataclass
+class _Job:
+    """The checked settings of one probe job (nothing loaded yet)."""
+
+    cfg: Mapping[str, Any]
+    overrides: Sequence[str]
+    n_images: int
+    batch_size: int
+    seed: int
+    device: torch.device
+    mode: dict
+    targeted: bool
+    attack: Attack
+    progress: bool
+    max_grids: int
+    images_per_grid: int
 
 
-def _device(cfg: Mapping[str, Any]) -> torch.device:
+@dataclass
+class _Attacked:
+    """The attack's results over the rows it finished (all of them unless interrupted)."""
+
+    rows: int
+    xadv: Tensor
+    logits: Tensor
+    success: Tensor
+    first_success: Tensor
+    loss_trace: Tensor
+    datum_trace: Tensor | None
+    interrupted: bool
+
+
+def _checked_settings(cfg: Mapping[str, Any], overrides: Sequence[str]) -> _Job:
+    """Every setting that can be checked without loading anything, checked."""
+    if cfg.get("attack") is None:
+        raise ProbeConfigError("no attack chosen", typed_override("+attack", overrides))
+    check_probe_settings(cfg, overrides)
     try:
-        return select_device(cfg.get("device", "cpu"))
+        set_threads(cfg.get("threads"))
     except ValueError as error:
-        raise ProbeConfigError(str(error), "device") from None
+        raise ProbeConfigError(str(error), typed_override("threads", overrides)) from None
+    try:
+        device = select_device(cfg.get("device", "cpu"))
+    except ValueError as error:
+        raise ProbeConfigError(str(error), typed_override("device", overrides)) from None
+    mode = dict(cfg.get("mode") or {})
+    targeted = mode.get("targeted", False)
+    figures = dict(cfg.get("figures") or {})
+    return _Job(
+        cfg=cfg,
+        overrides=overrides,
+        n_images=cfg.get("n_images", 16),
+        batch_size=cfg.get("batch_size", 64),
+        seed=cfg.get("seed", 0),
+        device=device,
+        mode=mode,
+        targeted=targeted,
+        attack=attack_from_config(cfg["attack"], targeted=targeted, overrides=overrides),
+        progress=cfg.get("progress", True),
+        max_grids=figures.get("max_grids", 4),
+        images_per_grid=figures.get("images_per_grid", 8),
+    )
 
 
 def _padded_traces(traces: Sequence[Tensor]) -> Tensor:
@@ -62,45 +121,151 @@ def _padded_traces(traces: Sequence[Tensor]) -> Tensor:
     return torch.cat(padded, dim=1) if traces[0].ndim == 2 else torch.stack(padded)
 
 
+def _attack_batches(job: _Job, model: torch.nn.Module, plan: ProbePlan) -> _Attacked:
+    """Attack the plan's rows batch by batch; Ctrl-C keeps the finished batches."""
+    rows = plan.images.shape[0]
+    generator = torch.Generator(device=job.device).manual_seed(job.seed)
+    pieces: dict[str, list[Tensor]] = {"xadv": [], "logits": [], "success": [], "first": []}
+    traces: list[Tensor] = []
+    datum_traces: list[Tensor] = []
+    finished = succeeded = 0
+    interrupted = False
+    with Progress(rows, "attack", enabled=job.progress) as bar:
+        try:
+            for first in range(0, rows, job.batch_size):
+                part = slice(first, min(first + job.batch_size, rows))
+                result = job.attack.run(
+                    model, plan.images[part], plan.attack_target[part], generator=generator, progress=job.progress
+                )
+                pieces["xadv"].append(result.xadv)
+                pieces["logits"].append(result.logits.float())
+                pieces["success"].append(result.success)
+                pieces["first"].append(result.first_success_step)
+                traces.append(result.loss_trace.float())
+                if result.datum_loss_trace is not None:
+                    datum_traces.append(result.datum_loss_trace.float())
+                finished = part.stop
+                succeeded += int(result.success.sum())
+                bar.update(part.stop - part.start, success=round(succeeded / part.stop, 3))  # so far
+        except KeyboardInterrupt:
+            if not finished:
+                raise
+            interrupted = True
+            log.warning("interrupted: saving the %d of %d images finished", finished, rows)
+        except SettingError as error:  # the solver refused the model's outputs or the images themselves
+            if error.setting not in ("model", "data"):
+                raise
+            model_cfg = job.cfg["model"]
+            key = "data" if error.setting == "data" else ("model.checkpoint" if model_cfg.get("checkpoint") else "model")
+            raise ProbeConfigError(
+                f"model={model_cfg.get('name')}, data={job.cfg['data'].get('name')}: {error}",
+                typed_override(key, job.overrides),
+            ) from None
+    datum_trace = _padded_traces(datum_traces) if len(datum_traces) == len(traces) else None
+    if datum_trace is not None:
+        loss_trace = datum_trace.mean(dim=1)
+    else:  # a criterion without per-image losses: its batch totals, averaged over images
+        loss_trace = _padded_traces(traces).sum(dim=0) / finished
+    return _Attacked(
+        rows=finished,
+        xadv=torch.cat(pieces["xadv"]),
+        logits=torch.cat(pieces["logits"]),
+        success=torch.cat(pieces["success"]),
+        first_success=torch.cat(pieces["first"]),
+        loss_trace=loss_trace,
+        datum_trace=datum_trace,
+        interrupted=interrupted,
+    )
+
+
+def _draw_figures(job: _Job, output_dir: Path, plan: ProbePlan, attacked: _Attacked,
+                  per_image: Mapping[str, Tensor], class_names: list[str]) -> list[str]:
+    figures_dir = output_dir / FIGURES_DIR
+    targets = plan.targets if job.targeted else None
+    grids = save_batch_grids(
+        output_dir,
+        plan.images,
+        attacked.xadv,
+        labels=plan.labels,
+        clean_pred=per_image["clean_pred"],
+        clean_conf=per_image["clean_conf"],
+        adv_pred=per_image["adv_pred"],
+        adv_conf=per_image["adv_conf"],
+        class_names=class_names,
+        targets=targets,
+        batch_size=job.images_per_grid,
+        max_images=job.images_per_grid,
+        max_grids=job.max_grids,
+    )
+    figures = [str(path.relative_to(output_dir)) for path in grids]
+    trace_path = plot_loss_trace(
+        figures_dir / "loss_trace.png",
+        attacked.loss_trace,
+        datum_loss_trace=attacked.datum_trace,
+        ylabel="cross-entropy (mean over images)",
+    )
+    figures.append(str(trace_path.relative_to(output_dir)))
+    if job.targeted:
+        grid = plot_class_grid(
+            figures_dir / "class_grid.png",
+            attacked.xadv,
+            sources=plan.sources,
+            targets=plan.targets,
+            class_names=class_names,
+            deltas=attacked.xadv - plan.images,
+            success=attacked.success,
+        )
+        figures.append(str(grid.relative_to(output_dir)))
+    return figures
+
+
+def _first_rows(plan: ProbePlan, rows: int) -> ProbePlan:
+    if rows == plan.images.shape[0]:
+        return plan
+    return ProbePlan(*(getattr(plan, name)[:rows] for name in ("images", "labels", "targets", "attack_target", "sources")))
+
+
 def run_probe(cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequence[str] = ()) -> ProbeOutcome:
     """Run the probe a ``configs/probe.yaml``-shaped mapping describes, writing every output.
 
-    Writes, in ``output_dir``: ``perturbations.pt`` (images, perturbed images,
-    deltas, labels, targets, logits, success), ``per_image.csv``,
-    ``figures/`` (batch grids, loss trace, class grid in probe mode) and,
-    last, ``metrics.json``, whose presence marks the job complete.
+    Writes, in ``output_dir``: ``perturbations.pt`` (the attacked images
+    only: images, perturbed images, deltas, labels, targets, logits,
+    success), ``per_image.csv``, ``figures/`` (batch grids, loss trace, class
+    grid in probe mode) and, last, ``metrics.json``, whose presence marks the
+    job complete. The directory is held for the job (a second live job
+    pointed at it is refused) and a previous run's completion markers are
+    removed before any setting is checked.
 
     Raises
     ------
     ProbeConfigError
         A setting that cannot work, naming the override that fixes it.
+    JobInterrupted
+        Ctrl-C during the attack, after the finished images were saved and
+        the job marked ``interrupted``.
     """
-    start = time.monotonic()
     output_dir = Path(output_dir)
-    for stale in (METRICS_FILE, ERROR_FILE):  # a rerun in the same directory starts unfinished
-        (output_dir / stale).unlink(missing_ok=True)
-    if cfg.get("attack") is None:
-        raise ProbeConfigError("no attack chosen", "+attack")
     try:
-        set_threads(cfg.get("threads"))
-    except ValueError as error:
-        raise ProbeConfigError(str(error), "threads") from None
-    n_images = _positive_int(cfg, "n_images")
-    batch_size = _positive_int(cfg, "batch_size")
-    seed = cfg.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ProbeConfigError(f"seed must be an integer; got seed={seed!r}", "seed")
-    device = _device(cfg)
-    mode = dict(cfg.get("mode") or {})
-    targeted = bool(mode.get("targeted", False))
-    attack = attack_from_config(cfg["attack"], targeted=targeted)
-    model = model_from_config(cfg["model"], device)
-    data = data_from_config(cfg["data"], model, n_images=n_images, seed=seed)
-    if not targeted and not data.labeled and cfg["data"].get("name") in ("noise", "gray"):
+        run_dir = RunDirectory(output_dir).__enter__()
+    except RunDirectoryBusy as error:
+        raise ProbeConfigError(str(error), typed_override("hydra.run.dir", overrides)) from None
+    try:
+        return _run(cfg, output_dir, overrides)
+    finally:
+        run_dir.release()
+
+
+def _run(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> ProbeOutcome:
+    start = time.monotonic()
+    job = _checked_settings(cfg, overrides)
+    model = model_from_config(cfg["model"], job.device, overrides)
+    check_attack_shape(job.attack, cfg["attack"], tuple(model.info.input_shape), overrides)
+    data = data_from_config(cfg["data"], model, n_images=job.n_images, seed=job.seed, overrides=overrides)
+    if not job.targeted and not data.labeled and cfg["data"].get("name") in ("noise", "gray"):
         raise ProbeConfigError(
             f"data={cfg['data']['name']} gives seeds without labels, which only make sense as "
             "starting points of a targeted probe: add mode=probe",
-            "mode",
+            typed_override("mode", overrides),
         )
     class_names = list(model.info.class_names)
     default_names = [str(i) for i in range(model.info.num_classes)]
@@ -110,62 +275,32 @@ def run_probe(cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequenc
         "probing %s (%s) with %s on %d %s images (%s mode); outputs in %s",
         cfg["model"].get("name"),
         model.info.arch,
-        cfg["attack"].get("name", attack.optimizer),
+        cfg["attack"].get("name", job.attack.optimizer),
         len(data),
         data.name,
-        mode.get("name", "explain"),
+        job.mode.get("name", "explain"),
         output_dir.resolve(),
     )
 
     with torch.no_grad():
         source_logits = torch.cat(
-            [model(data.images[i : i + batch_size].to(device)) for i in range(0, len(data), batch_size)]
+            [model(data.images[i : i + job.batch_size].to(job.device)) for i in range(0, len(data), job.batch_size)]
         )
-    plan = plan_from_config(mode, data, model, source_logits.argmax(dim=1))
-    rows = plan.images.shape[0]
-    generator = torch.Generator(device=device).manual_seed(seed)
-    pieces: dict[str, list[Tensor]] = {"xadv": [], "logits": [], "success": [], "first": []}
-    traces: list[Tensor] = []
-    datum_traces: list[Tensor] = []
-    show_progress = bool(cfg.get("progress", True))
-    succeeded = 0
-    with Progress(rows, "attack", enabled=show_progress) as bar:
-        for first in range(0, rows, batch_size):
-            part = slice(first, min(first + batch_size, rows))
-            result = attack.run(
-                model, plan.images[part], plan.attack_target[part], generator=generator, progress=show_progress
-            )
-            pieces["xadv"].append(result.xadv)
-            pieces["logits"].append(result.logits.float())
-            pieces["success"].append(result.success)
-            pieces["first"].append(result.first_success_step)
-            traces.append(result.loss_trace.float())
-            if result.datum_loss_trace is not None:
-                datum_traces.append(result.datum_loss_trace.float())
-            succeeded += int(result.success.sum())
-            bar.update(part.stop - part.start, success=round(succeeded / part.stop, 3))  # so far
-    xadv = torch.cat(pieces["xadv"])
-    adv_logits = torch.cat(pieces["logits"])
-    success = torch.cat(pieces["success"])
-    first_success = torch.cat(pieces["first"])
-    datum_trace = _padded_traces(datum_traces) if len(datum_traces) == len(traces) else None
-    if datum_trace is not None:
-        loss_trace = datum_trace.mean(dim=1)
-    else:  # a criterion without per-image losses: its batch totals, averaged over images
-        loss_trace = _padded_traces(traces).sum(dim=0) / rows
+    full_plan = plan_from_config(job.mode, data, model, source_logits.argmax(dim=1))
+    attacked = _attack_batches(job, model, full_plan)
+    plan = _first_rows(full_plan, attacked.rows)
     clean_logits = source_logits[plan.sources].float()
-    labels = plan.labels
-    targets = plan.targets if targeted else None
+    targets = plan.targets if job.targeted else None
 
     per_image = per_image_metrics(
         plan.images,
-        xadv,
+        attacked.xadv,
         clean_logits=clean_logits,
-        adv_logits=adv_logits,
-        labels=labels,
+        adv_logits=attacked.logits,
+        labels=plan.labels,
         targets=targets,
-        success=success,
-        first_success_step=first_success,
+        success=attacked.success,
+        first_success_step=attacked.first_success,
     )
     summary = summarize(per_image)
 
@@ -173,59 +308,35 @@ def run_probe(cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequenc
     save_perturbations(
         output_dir,
         images=plan.images,
-        xadv=xadv,
-        labels=labels,
+        xadv=attacked.xadv,
+        labels=plan.labels,
         targets=targets,
         clean_logits=clean_logits,
-        adv_logits=adv_logits,
-        success=success,
-        first_success_step=first_success,
-        loss_trace=loss_trace,
+        adv_logits=attacked.logits,
+        success=attacked.success,
+        first_success_step=attacked.first_success,
+        loss_trace=attacked.loss_trace,
         class_names=class_names,
         extra={"sources": plan.sources.cpu()}
-        | ({"datum_loss_trace": datum_trace.cpu()} if datum_trace is not None else {}),
+        | ({"datum_loss_trace": attacked.datum_trace.cpu()} if attacked.datum_trace is not None else {}),
     )
     write_per_image_csv(output_dir, per_image, class_names)
-    figures_dir = output_dir / FIGURES_DIR
-    figure_settings = dict(cfg.get("figures") or {})
-    grids = save_batch_grids(
-        output_dir,
-        plan.images,
-        xadv,
-        labels=labels,
-        clean_pred=per_image["clean_pred"],
-        clean_conf=per_image["clean_conf"],
-        adv_pred=per_image["adv_pred"],
-        adv_conf=per_image["adv_conf"],
-        class_names=class_names,
-        targets=targets,
-        batch_size=int(figure_settings.get("images_per_grid", 8)),
-        max_images=int(figure_settings.get("images_per_grid", 8)),
-        max_grids=int(figure_settings.get("max_grids", 4)),
-    )
-    figures = [str(path.relative_to(output_dir)) for path in grids]
-    trace_path = plot_loss_trace(
-        figures_dir / "loss_trace.png",
-        loss_trace,
-        datum_loss_trace=datum_trace,
-        ylabel="cross-entropy (mean over images)",
-    )
-    figures.append(str(trace_path.relative_to(output_dir)))
-    if targeted:
-        grid = plot_class_grid(
-            figures_dir / "class_grid.png",
-            xadv,
-            sources=plan.sources,
-            targets=plan.targets,
-            class_names=class_names,
-            deltas=xadv - plan.images,
-            success=success,
+    planned = full_plan.images.shape[0]
+    if attacked.interrupted:
+        write_metrics(
+            output_dir,
+            summary,
+            config=dict(cfg),
+            overrides=list(overrides),
+            extra={"rows_finished": attacked.rows, "rows_planned": planned},
+            status="interrupted",
         )
-        figures.append(str(grid.relative_to(output_dir)))
+        raise JobInterrupted(attacked.rows, planned)
 
+    figures = _draw_figures(job, output_dir, plan, attacked, per_image, class_names)
     seconds = time.monotonic() - start
     extra = {
-        "attack": {"name": cfg["attack"].get("name"), **attack.to_dict()},
+        "attack": {"name": cfg["attack"].get("name"), **job.attack.to_dict()},
         "model": {
             "name": cfg["model"].get("name"),
             "arch": model.info.arch,
@@ -233,7 +344,7 @@ def run_probe(cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequenc
             "num_classes": model.info.num_classes,
         },
         "data": {"name": data.name, "split": data.split, "n_sources": len(data)},
-        "mode": mode,
+        "mode": job.mode,
         "seconds": round(seconds, 2),
         "figures": figures,
     }

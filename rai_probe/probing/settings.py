@@ -2,25 +2,27 @@
 
 Every problem is a :class:`ProbeConfigError` naming the override that fixes
 it (``attack.q=...``, ``model.checkpoint=...``, ``data.root=...``), so the CLI
-can print one paragraph instead of a traceback.
+can print one paragraph instead of a traceback. Lower layers say which of
+their settings was wrong in the ``setting`` attribute of the
+:class:`~rai_probe.errors.SettingError` they raise; this module knows which
+config section each layer was given and names the override from that field
+(:func:`~rai_probe.jobs.errors.config_key`), never from the message text. The
+override is named as the user typed it (``+attack.epsilom``), when they did.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from ..data import DataFormatError, ImageDataset, load_dataset
-from ..models import (
-    CheckpointError,
-    NormalizedModel,
-    load_checkpoint,
-    load_pretrained,
-)
+from ..errors import SettingError, UnknownSettingError
+from ..jobs.errors import ConfigError, config_key, typed_override
+from ..models import CheckpointError, NormalizedModel, load_checkpoint, load_pretrained
 from ..perturbations.attacks import Attack
 
 __all__ = [
@@ -33,50 +35,53 @@ __all__ = [
     "plan_from_config",
 ]
 
+log = logging.getLogger(__name__)
+
 #: How an unset mandatory value (``???`` in a config file) arrives after ``to_container``.
 MISSING = "???"
 
 #: Attack settings lifted into the optimizer's options (the rest are :class:`Attack` fields).
 _OPTIMIZER_KEYS = ("q", "dq")
 
-
-class ProbeConfigError(ValueError):
-    """A probe config that cannot run, with the override that fixes it.
-
-    Parameters
-    ----------
-    message : str
-        What is wrong.
-    override : str
-        The config key to change, e.g. ``"attack.q"``.
-    """
-
-    def __init__(self, message: str, override: str) -> None:
-        self.override = override
-        super().__init__(f"{message.rstrip('.')}. Fix it with the override `{override}=...`.")
+#: A probe setting that cannot work, naming the override that fixes it (``.override``).
+ProbeConfigError = ConfigError
 
 
-def _require(section: Mapping[str, Any], key: str, where: str, hint: str = "") -> Any:
+def _require(section: Mapping[str, Any], key: str, where: str, hint: str, overrides: Sequence[str]) -> Any:
     value = section.get(key)
     if value is None or value == MISSING:
-        raise ProbeConfigError(f"{where}.{key} is required{hint}", f"{where}.{key}")
+        raise ProbeConfigError(f"{where}.{key} is required{hint}", typed_override(f"{where}.{key}", overrides))
     return value
 
 
-def _blame(message: str, where: str, known: tuple[str, ...], options: tuple[str, ...] = ()) -> str:
-    """The config key a lower-level message names: its first known name, quoted `x` or ['x'.
+def _blamed(
+    error: Exception,
+    section: str,
+    known: Sequence[str],
+    overrides: Sequence[str],
+    *,
+    prefix: str = "",
+    options: Mapping[str, str] | None = None,
+    default: str | None = None,
+) -> ProbeConfigError:
+    """The :class:`ProbeConfigError` of a lower layer's ``error`` about config ``section``.
 
-    A name in ``options`` is a key of the section's ``options`` mapping.
+    The override comes from the error's ``setting`` field; an error without
+    one blames ``default`` (else the section itself).
     """
-    for name in re.findall(r"(?:`|\[')(\w+)", message):
-        if name in options:
-            return f"{where}.options.{name}"
-        if name in known:
-            return f"{where}.{name}"
-    return where
+    if not isinstance(error, SettingError):
+        error = SettingError(str(error))
+    key = config_key(section, error, known, options)
+    if error.setting is None and default is not None:
+        key = default
+    kind = UnknownSettingError if isinstance(error, UnknownSettingError) else SettingError
+    shown = kind(f"{prefix}{error}", setting=error.setting, value=error.value)
+    return ConfigError.from_setting_error(shown, key, overrides)
 
 
-def attack_from_config(settings: Mapping[str, Any], *, targeted: bool) -> Attack:
+def attack_from_config(
+    settings: Mapping[str, Any], *, targeted: bool, overrides: Sequence[str] = ()
+) -> Attack:
     """The :class:`Attack` an ``attack`` config group describes (``targeted`` comes from the mode).
 
     Examples
@@ -89,38 +94,63 @@ def attack_from_config(settings: Mapping[str, Any], *, targeted: bool) -> Attack
     >>> attack_from_config({"optimizer": "L1qFrankWolfe", "epsilon": 20, "q": 2.0}, targeted=False)
     Traceback (most recent call last):
     ...
-    rai_probe.probing.settings.ProbeConfigError: attack: L1qFrankWolfe: option `q` must be a real number within [0, 1]; got q=2.0. Fix it with the override `attack.q=...`.
+    rai_probe.jobs.errors.ConfigError: L1qFrankWolfe: option `q` must be a real number within [0, 1]; got q=2.0. Fix it with the override `attack.q=...`.
+    >>> attack_from_config({"optimizer": "L1qFrankWolfe", "epsilon": 20, "q": 0.9, "epsilom": 3},
+    ...                    targeted=False, overrides=["+attack.epsilom=3"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rai_probe.jobs.errors.ConfigError: attack: unknown setting(s) ['epsilom']; allowed: ... Remove or correct the override `+attack.epsilom=3`.
     """
     values = {key: value for key, value in settings.items() if key != "name" and key not in _OPTIMIZER_KEYS}
-    options = dict(settings.get("options") or {})
+    nested = dict(settings.get("options") or {})
+    options = dict(nested)
     for key in _OPTIMIZER_KEYS:
         if settings.get(key) is not None:
             options[key] = settings[key]
     values["options"] = options
     values["targeted"] = targeted
+    where = {name: f"attack.options.{name}" for name in nested if name not in _OPTIMIZER_KEYS}
     try:
         return Attack.from_dict(values)
     except (TypeError, ValueError) as error:
-        nested = tuple(key for key in options if key not in _OPTIMIZER_KEYS)
-        blamed = _blame(str(error), "attack", tuple(settings) + _OPTIMIZER_KEYS, nested)
-        raise ProbeConfigError(f"attack: {error}", blamed) from None
+        raise _blamed(error, "attack", tuple(settings) + _OPTIMIZER_KEYS, overrides, options=where) from None
 
 
-def model_from_config(settings: Mapping[str, Any], device: torch.device) -> NormalizedModel:
-    """The classifier a ``model`` config group names: a shipped model or a checkpoint file."""
+def check_attack_shape(attack: Attack, settings: Mapping[str, Any], shape: Sequence[int],
+                       overrides: Sequence[str] = ()) -> None:
+    """Check the attack's shape-dependent options (``param_ndim``) against images of ``shape`` (C, H, W)."""
+    try:
+        attack.check_shape((1, *shape))
+    except (TypeError, ValueError) as error:
+        where = {name: f"attack.options.{name}" for name in (settings.get("options") or {})}
+        raise _blamed(error, "attack", tuple(settings) + _OPTIMIZER_KEYS, overrides, options=where) from None
+
+
+def model_from_config(
+    settings: Mapping[str, Any], device: torch.device, overrides: Sequence[str] = ()
+) -> NormalizedModel:
+    """The classifier a ``model`` config group names: a shipped model or a checkpoint file.
+
+    ``trust_checkpoint`` must be the real boolean ``True`` to allow unpickling
+    code from the file (the settings check refuses strings such as ``"no"``).
+    """
     name = settings.get("name", "model")
+    known = tuple(settings) + ("checkpoint", "trust_checkpoint", "arch", "num_classes", "mean", "std")
     if settings.get("pretrained"):
         try:
             return load_pretrained(settings["pretrained"]).to(device).eval()
-        except (FileNotFoundError, ValueError) as error:
-            raise ProbeConfigError(f"model={name}: {error}", "model.pretrained") from None
+        except (FileNotFoundError, ValueError, TypeError) as error:
+            raise _blamed(error, "model", known, overrides, prefix=f"model={name}: ",
+                          default="model.pretrained") from None
     path = _require(
         settings,
         "checkpoint",
         "model",
         f" for model={name}: the path of your checkpoint file "
         "(MadryLab robustness, RobustBench, plain state_dict or rai_probe format)",
+        overrides,
     )
+    trust = settings.get("trust_checkpoint", False) is True  # only a real true trusts a file
     try:
         model = load_checkpoint(
             path,
@@ -128,37 +158,41 @@ def model_from_config(settings: Mapping[str, Any], device: torch.device) -> Norm
             num_classes=settings.get("num_classes"),
             mean=settings.get("mean"),
             std=settings.get("std"),
-            trust_checkpoint=bool(settings.get("trust_checkpoint", False)),
+            trust_checkpoint=trust,
         )
     except FileNotFoundError as error:
-        raise ProbeConfigError(f"model={name}: {error}", "model.checkpoint") from None
+        raise _blamed(error, "model", known, overrides, prefix=f"model={name}: ", default="model.checkpoint") from None
     except CheckpointError as error:
-        override = "model.trust_checkpoint" if "trust_checkpoint" in str(error) else "model.checkpoint"
-        if "num_classes" in str(error):
-            override = "model.num_classes"
-        raise ProbeConfigError(
-            f"model={name}: the checkpoint {settings.get('checkpoint')} does not fit "
-            f"(architecture {settings.get('arch')}): {error}",
-            override,
+        raise _blamed(
+            error, "model", known, overrides, default="model.checkpoint",
+            prefix=f"model={name}: the checkpoint {path} cannot be used (architecture {settings.get('arch')}): ",
         ) from None
-    except (TypeError, ValueError) as error:
-        raise ProbeConfigError(
-            f"model={name}: {error}", _blame(str(error), "model", tuple(settings))
-        ) from None
+    except (TypeError, ValueError, OSError) as error:
+        raise _blamed(error, "model", known, overrides, prefix=f"model={name}: ", default="model.checkpoint") from None
     return model.to(device).eval()
 
 
 def data_from_config(
-    settings: Mapping[str, Any], model: NormalizedModel, *, n_images: int, seed: int
+    settings: Mapping[str, Any],
+    model: NormalizedModel,
+    *,
+    n_images: int,
+    seed: int,
+    overrides: Sequence[str] = (),
 ) -> ImageDataset:
-    """The first ``n_images`` source images a ``data`` config group describes, shaped for ``model``."""
+    """The first ``n_images`` source images a ``data`` config group describes, shaped for ``model``.
+
+    Asking for more images than the split holds runs all of them, with a
+    warning in the log.
+    """
     name = settings.get("name")
     shape = tuple(model.info.input_shape)
     kwargs = {key: value for key, value in settings.items() if key != "name"}
     for key, value in kwargs.items():
         if value == MISSING:
             raise ProbeConfigError(
-                f"data={name} needs data.{key} (e.g. the folder holding the files)", f"data.{key}"
+                f"data={name} needs data.{key} (e.g. the folder holding the files)",
+                typed_override(f"data.{key}", overrides),
             )
     if name in ("noise", "gray"):  # seeds take the model's input shape
         kwargs.update(n=n_images, image_shape=shape)
@@ -169,23 +203,28 @@ def data_from_config(
             kwargs["size"] = shape[1:]
         if kwargs.get("mode", "auto") == "auto":
             kwargs["mode"] = "L" if shape[0] == 1 else "RGB"
+    known = tuple(settings) + ("root", "split")
     try:
         dataset = load_dataset(name, **kwargs)
-    except (FileNotFoundError, DataFormatError) as error:
-        raise ProbeConfigError(f"data={name}: {error}", "data.root") from None
+    except (FileNotFoundError, DataFormatError, OSError) as error:
+        raise _blamed(error, "data", known, overrides, prefix=f"data={name}: ", default="data.root") from None
     except (TypeError, ValueError) as error:
-        blamed = _blame(str(error), "data", tuple(settings) + ("root",))
-        raise ProbeConfigError(f"data={name}: {error}", blamed) from None
+        raise _blamed(error, "data", known, overrides, prefix=f"data={name}: ") from None
     if dataset.image_shape != shape:
         raise ProbeConfigError(
             f"data={name} gives {'x'.join(map(str, dataset.image_shape))} images but "
             f"the model ({model.info.arch}) takes {'x'.join(map(str, shape))}",
-            "data",
+            typed_override("data", overrides),
         )
     if len(dataset) == 0:
-        raise ProbeConfigError(f"data={name} holds no images", "data")
+        raise ProbeConfigError(f"data={name} holds no images", typed_override("data", overrides))
     if name == "folder" and dataset.labeled:
         dataset = _labels_as_model_classes(dataset, model)
+    if n_images > len(dataset):
+        log.warning(
+            "n_images=%d but data=%s (%s split) holds %d images: running all %d",
+            n_images, name, dataset.split, len(dataset), len(dataset),
+        )
     return dataset.subset(min(n_images, len(dataset)))
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import SettingError, SettingTypeError
 from ..perturbations.attacks import Attack
 from ..progress import Progress
 from .evaluation import evaluate
@@ -48,6 +49,14 @@ def random_shift(images: Tensor, max_shift: int, generator: torch.Generator | No
     batch = torch.arange(n, device=images.device).view(n, 1, 1)
     picked = padded.permute(0, 2, 3, 1)[batch, rows.view(n, height, 1), cols.view(n, 1, width)]
     return picked.permute(0, 3, 1, 2).contiguous()
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fail(name: str, value: Any, allowed: str) -> SettingError:
+    return SettingError(f"TrainingRecipe: `{name}` must be {allowed}; got {name}={value!r}", setting=name, value=value)
 
 
 @dataclass
@@ -97,30 +106,30 @@ class TrainingRecipe:
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainingRecipe: `{name}` must be an integer >= 1; got {name}={value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"TrainingRecipe: `lr` must be > 0; got lr={self.lr!r}")
+                raise _fail(name, value, "an integer >= 1")
+        if not _finite(self.lr) or not self.lr > 0:
+            raise _fail("lr", self.lr, "a finite number > 0")
         if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"TrainingRecipe: `optimizer` must be 'sgd' or 'adam'; got {self.optimizer!r}")
+            raise _fail("optimizer", self.optimizer, "'sgd' or 'adam'")
         if self.schedule not in ("cosine", "constant"):
-            raise ValueError(
-                f"TrainingRecipe: `schedule` must be 'cosine' or 'constant'; got {self.schedule!r}"
-            )
-        if not 0 <= self.clean_weight <= 1:
-            raise ValueError(
-                f"TrainingRecipe: `clean_weight` must be within [0, 1]; got clean_weight={self.clean_weight!r}"
-            )
+            raise _fail("schedule", self.schedule, "'cosine' or 'constant'")
+        if not _finite(self.clean_weight) or not 0 <= self.clean_weight <= 1:
+            raise _fail("clean_weight", self.clean_weight, "a number within [0, 1]")
         for name in ("weight_decay", "warmup_epochs", "attack_warmup_epochs"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"TrainingRecipe: `{name}` must be a number >= 0; got {name}={value!r}")
+            if not _finite(value) or not value >= 0:
+                raise _fail(name, value, "a finite number >= 0")
         if self.attack is not None and not isinstance(self.attack, Attack):
-            raise TypeError(
+            raise SettingTypeError(
                 f"TrainingRecipe: `attack` must be an Attack or None; got {type(self.attack).__name__} "
-                "(build one with Attack.from_dict)"
+                "(build one with Attack.from_dict)",
+                setting="attack",
+                value=self.attack,
             )
         if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, int) or self.max_shift < 0:
-            raise ValueError(f"TrainingRecipe: `max_shift` must be an integer >= 0; got {self.max_shift!r}")
+            raise _fail("max_shift", self.max_shift, "an integer >= 0")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise _fail("seed", self.seed, "an integer")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the attack as a dict of its fields)."""

@@ -1,27 +1,75 @@
-"""Train a classifier from a ``scripts/train.py`` config and leave its checkpoint and report."""
+"""Train a classifier from a ``scripts/train.py`` config and leave its checkpoint and report.
+
+Both jobs (train, evaluate) check every setting before loading anything
+(:mod:`rai_probe.training.schema`), and every problem is a
+:class:`~rai_probe.jobs.errors.ConfigError` naming the override to fix, from
+the ``setting`` field the lower layers attach to their errors.
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
-
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from .._io import write_json
 from ..data import load_dataset
+from ..errors import SettingError
+from ..jobs.errors import ConfigError, config_key, typed_override
+from ..jobs.hydra_app import hydra_main
+from ..jobs.rundir import RunDirectory
 from ..models import build_model, load_checkpoint, load_pretrained, save_checkpoint
 from ..perturbations.attacks import Attack
 from ..runtime import select_device, set_threads
 from .adversarial import TrainingRecipe, adversarial_train
 from .evaluation import evaluate
+from .schema import EvaluateSettings, TrainSettings, check_job_settings
 
-__all__ = ["training_attack", "eval_attacks", "train_from_config", "evaluate_from_config"]
+__all__ = [
+    "training_attack",
+    "eval_attacks",
+    "train_from_config",
+    "evaluate_from_config",
+    "train_main",
+    "evaluate_main",
+    "CONFIG_DIR",
+]
+
+#: The project's Hydra configs (``train.yaml``, ``evaluate.yaml``, ``eval_attacks/``).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "training"
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
 #: The projected (PGD) optimizer of each training norm; the random start is drawn in the same norm's ball.
 _PGD = {"l2": "L2ProjectedOptim", "linf": "LinfProjectedOptim", "l1": "L1ProjectedOptim"}
+
+
+def _blamed(error: Exception, section: str, known: Sequence[str], overrides: Sequence[str],
+            *, default: str | None = None, rename: Mapping[str, str] | None = None) -> ConfigError:
+    """The :class:`ConfigError` of a lower layer's ``error`` about config ``section`` ("" for top level)."""
+    if not isinstance(error, SettingError):
+        error = SettingError(str(error))
+    if rename and error.setting in rename:
+        key = rename[error.setting]
+    elif error.setting is None and default is not None:
+        key = default
+    elif section:
+        key = config_key(section, error, known)
+    else:
+        key = error.setting if error.setting in known else (default or "config")
+    return ConfigError.from_setting_error(error, key, overrides)
+
+
+def _checked(build: Callable[[], _T], section: str, known: Sequence[str], overrides: Sequence[str],
+             *, default: str | None = None, rename: Mapping[str, str] | None = None) -> _T:
+    """``build()``, with any bad-input error of it turned into a :class:`ConfigError` naming the override."""
+    try:
+        return build()
+    except (TypeError, ValueError, OSError) as error:  # FileNotFoundError, CheckpointError, DataFormatError too
+        raise _blamed(error, section, known, overrides, default=default, rename=rename) from None
 
 
 def training_attack(settings: Mapping[str, Any]) -> Attack | None:
@@ -35,28 +83,42 @@ def training_attack(settings: Mapping[str, Any]) -> Attack | None:
     >>> training_attack({"norm": "none"}) is None
     True
     """
-    norm = str(settings.get("norm", "none")).lower()
+    norm = settings.get("norm", "none")
+    norm = norm.lower() if isinstance(norm, str) else norm
     if norm == "none":
         return None
     if norm not in _PGD:
-        raise ValueError(f"attack.norm must be one of l2, linf, l1, none; got attack.norm={norm!r}")
+        raise SettingError(
+            f"attack.norm must be one of l2, linf, l1, none; got attack.norm={norm!r}", setting="norm", value=norm
+        )
     optimizer = _PGD[norm]
     for key in ("epsilon", "steps"):
         if settings.get(key) is None:
-            raise ValueError(f"attack.{key} is required for attack.norm={norm}")
-    epsilon = float(settings["epsilon"])
-    steps = int(settings["steps"])
+            raise SettingError(f"attack.{key} is required for attack.norm={norm}", setting=key)
+    epsilon, steps = settings["epsilon"], settings["steps"]
     step_size = settings.get("step_size")
-    lr = float(step_size) if step_size is not None else 2.5 * epsilon / steps
-    options = {"q": float(settings.get("q", 0.99))} if norm == "l1" else {}
-    return Attack(optimizer, epsilon=epsilon, steps=steps, lr=lr, options=options, random_init=norm)
+    lr = step_size if step_size is not None else 2.5 * epsilon / steps
+    options = {"q": settings.get("q", 0.99)} if norm == "l1" else {}
+    return Attack(optimizer, epsilon=float(epsilon), steps=steps, lr=lr, options=options, random_init=norm)
 
 
-def eval_attacks(settings: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Attack]:
-    """Named attacks of an ``eval_attacks`` config group (see configs/eval_attacks/)."""
-    return {
-        name: Attack.from_dict(entry, where=f"eval_attacks.{name}") for name, entry in (settings or {}).items()
-    }
+def eval_attacks(settings: Mapping[str, Mapping[str, Any]] | None, overrides: Sequence[str] = ()) -> dict[str, Attack]:
+    """Named attacks of an ``eval_attacks`` config group (see configs/training/eval_attacks/).
+
+    A bad entry is a :class:`ConfigError` naming ``eval_attacks.<name>.<key>``.
+    """
+    attacks = {}
+    for name, entry in (settings or {}).items():
+        where = f"eval_attacks.{name}"
+        known = tuple(entry) if isinstance(entry, Mapping) else ()
+        options = {key: f"{where}.options.{key}" for key in ((entry or {}).get("options") or {})} if known else {}
+        try:
+            attacks[name] = Attack.from_dict(entry, where=where)
+        except (TypeError, ValueError) as error:
+            if not isinstance(error, SettingError):
+                error = SettingError(str(error))
+            raise ConfigError.from_setting_error(error, config_key(where, error, known, options), overrides) from None
+    return attacks
 
 
 def _dataset_kwargs(cfg: Mapping[str, Any], split: str) -> dict[str, Any]:
@@ -66,54 +128,96 @@ def _dataset_kwargs(cfg: Mapping[str, Any], split: str) -> dict[str, Any]:
     return kwargs
 
 
-def train_from_config(cfg: Mapping[str, Any], output_dir: str | Path) -> dict[str, Any]:
-    """Run the training a ``configs/train.yaml``-shaped mapping describes; return its report.
+def _prepare(cfg: Mapping[str, Any], schema: type, overrides: Sequence[str]) -> tuple[dict[str, Any], Any]:
+    """Check the settings, set the threads and pick the device; return the settings and the device."""
+    cfg = {key: value for key, value in cfg.items() if key != "_overrides"}
+    check_job_settings(cfg, schema, overrides)
+    _checked(lambda: set_threads(cfg.get("threads")), "", ("threads",), overrides, default="threads")
+    device = _checked(lambda: select_device(cfg.get("device", "cpu")), "", ("device",), overrides, default="device")
+    return cfg, device
 
-    Writes to ``output_dir``: ``model.pt`` (rai_probe checkpoint recording the
-    architecture, dataset, normalization, recipe and measured accuracies),
-    ``history.json`` (per-epoch records) and ``metrics.json`` (the final
-    held-out report). With ``export`` set, the checkpoint is also copied there.
+
+def _load_data(cfg: Mapping[str, Any], split_key: str, overrides: Sequence[str]) -> Any:
+    split = cfg.get(split_key, "test")
+    return _checked(
+        lambda: load_dataset(cfg["data"], **_dataset_kwargs(cfg, split)),
+        "",
+        ("data", "data_root"),
+        overrides,
+        default="data_root" if cfg.get("data_root") is not None else "data",
+        rename={"root": "data_root", "split": split_key, "name": "data"},
+    )
+
+
+def train_from_config(
+    cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Run the training a ``configs/training/train.yaml``-shaped mapping describes; return its report.
+
+    Every setting is checked first (a :class:`~rai_probe.jobs.errors.ConfigError`
+    names the override to fix). Writes to ``output_dir``: ``model.pt``
+    (rai_probe checkpoint recording the architecture, dataset,
+    normalization, recipe and measured accuracies), ``history.json``
+    (per-epoch records) and, last, ``metrics.json`` (the final held-out
+    report, ``"status": "complete"``). With ``export`` set, the checkpoint is
+    also copied there.
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    set_threads(cfg.get("threads"))
-    device = select_device(cfg.get("device", "cpu"))
+    with RunDirectory(output_dir):
+        return _train(cfg, output_dir, list(overrides) or list(cfg.get("_overrides", [])))
 
-    train_set = load_dataset(cfg["data"], **_dataset_kwargs(cfg, cfg.get("train_split", "train")))
-    eval_set = load_dataset(cfg["data"], **_dataset_kwargs(cfg, cfg.get("eval_split", "test")))
+
+def _train(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    cfg, device = _prepare(cfg, TrainSettings, overrides)
+    attack_settings = cfg.get("attack") or {}
+    attack = _checked(lambda: training_attack(attack_settings), "attack", tuple(attack_settings) + ("norm",), overrides)
+    final_attacks = eval_attacks(cfg.get("eval_attacks"), overrides)
+    recipe = _checked(
+        lambda: TrainingRecipe(
+            epochs=cfg.get("epochs", 20),
+            batch_size=cfg.get("batch_size", 64),
+            lr=cfg.get("lr", 1e-3),
+            optimizer=cfg.get("optimizer", "adam"),
+            weight_decay=cfg.get("weight_decay", 0.0),
+            schedule=cfg.get("schedule", "cosine"),
+            warmup_epochs=cfg.get("warmup_epochs", 1.0),
+            max_shift=cfg.get("max_shift", 1),
+            attack=attack,
+            clean_weight=cfg.get("clean_weight", 0.0),
+            attack_warmup_epochs=attack_settings.get("warmup_epochs", 0.0) if attack else 0.0,
+            seed=cfg.get("seed", 0),
+        ),
+        "",
+        tuple(cfg),
+        overrides,
+        rename={"attack_warmup_epochs": "attack.warmup_epochs"},
+    )
+    train_set = _load_data(cfg, "train_split", overrides)
+    eval_set = _load_data(cfg, "eval_split", overrides)
     if cfg.get("n_train"):
-        train_set = train_set.subset(int(cfg["n_train"]))
+        train_set = train_set.subset(min(cfg["n_train"], len(train_set)))
     if cfg.get("n_eval"):
-        eval_set = eval_set.subset(int(cfg["n_eval"]))
+        eval_set = eval_set.subset(min(cfg["n_eval"], len(eval_set)))
     if not train_set.labeled:
-        raise ValueError(f"data={cfg['data']!r}: training needs labeled images")
-    model = build_model(
-        cfg["model"],
-        num_classes=train_set.num_classes,
-        class_names=train_set.class_names,
-        input_shape=train_set.image_shape,
+        raise ConfigError(f"data={cfg['data']!r}: training needs labeled images", typed_override("data", overrides))
+    model = _checked(
+        lambda: build_model(
+            cfg.get("model", "small_cnn"),
+            num_classes=train_set.num_classes,
+            class_names=train_set.class_names,
+            input_shape=train_set.image_shape,
+        ),
+        "",
+        ("model",),
+        overrides,
+        default="model",
+        rename={"name": "model", "arch": "model"},
     )
     model.info.dataset = cfg["data"]
-
-    attack = training_attack(cfg.get("attack") or {})
-    recipe = TrainingRecipe(
-        epochs=int(cfg["epochs"]),
-        batch_size=int(cfg["batch_size"]),
-        lr=float(cfg["lr"]),
-        optimizer=str(cfg["optimizer"]),
-        weight_decay=float(cfg["weight_decay"]),
-        schedule=str(cfg["schedule"]),
-        warmup_epochs=float(cfg["warmup_epochs"]),
-        max_shift=int(cfg["max_shift"]),
-        attack=attack,
-        clean_weight=float(cfg["clean_weight"]),
-        attack_warmup_epochs=float((cfg.get("attack") or {}).get("warmup_epochs", 0.0)) if attack else 0.0,
-        seed=int(cfg["seed"]),
-    )
-    final_attacks = eval_attacks(cfg.get("eval_attacks"))
+    progress = cfg.get("progress", True)
     log.info(
         "training %s on %s (%d images, held-out %d) with %s; outputs in %s",
-        cfg["model"],
+        cfg.get("model"),
         cfg["data"],
         len(train_set),
         len(eval_set),
@@ -127,10 +231,10 @@ def train_from_config(cfg: Mapping[str, Any], output_dir: str | Path) -> dict[st
         recipe,
         eval_images=eval_set.images,
         eval_labels=eval_set.labels,
-        eval_every=int(cfg.get("eval_every", 5)),
-        eval_size=int(cfg.get("eval_size", 500)),
+        eval_every=cfg.get("eval_every", 5),
+        eval_size=cfg.get("eval_size", 500),
         device=device,
-        progress=True,
+        progress=progress,
     )
     log.info("final evaluation on %d held-out images under %s", len(eval_set), ", ".join(final_attacks) or "no attack")
     report = evaluate(
@@ -139,8 +243,8 @@ def train_from_config(cfg: Mapping[str, Any], output_dir: str | Path) -> dict[st
         eval_set.labels,
         attacks=final_attacks,
         device=device,
-        seed=int(cfg["seed"]),
-        progress=True,
+        seed=cfg.get("seed", 0),
+        progress=progress,
     )
     report["eval_split"] = cfg.get("eval_split", "test")
     report["attacks"] = {name: attack.to_dict() for name, attack in final_attacks.items()}
@@ -152,44 +256,59 @@ def train_from_config(cfg: Mapping[str, Any], output_dir: str | Path) -> dict[st
             "data": cfg["data"],
             "train_split": cfg.get("train_split", "train"),
             "n_train": len(train_set),
-            "command_overrides": list(cfg.get("_overrides", [])),
+            "command_overrides": list(overrides),
         }
     )
     model.to("cpu")
     checkpoint = output_dir / "model.pt"
     save_checkpoint(model, checkpoint, training=training, metrics=report)
     write_json(output_dir / "history.json", history.epochs)
-    write_json(output_dir / "metrics.json", report)
     if cfg.get("export"):
         shutil.copyfile(checkpoint, cfg["export"])
         log.info("checkpoint copied to %s", cfg["export"])
+    write_json(output_dir / "metrics.json", {"status": "complete", **report})
     robust = ", ".join(f"{k} {v:.3f}" for k, v in report["robust_accuracy"].items())
     log.info("clean accuracy %.4f; robust accuracy: %s", report["clean_accuracy"], robust or "n/a")
     log.info("checkpoint: %s", checkpoint.resolve())
     return report
 
 
-def evaluate_from_config(cfg: Mapping[str, Any], output_dir: str | Path) -> dict[str, Any]:
-    """Measure a model's clean and robust accuracy as a ``configs/evaluate.yaml`` mapping says.
+def evaluate_from_config(
+    cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Measure a model's clean and robust accuracy as a ``configs/training/evaluate.yaml`` mapping says.
 
     The model is a shipped one (``model``) or a checkpoint file
-    (``checkpoint``, with ``arch`` unless it is in rai_probe's format).
-    Writes ``metrics.json`` to ``output_dir`` with the measured numbers and,
-    for a checkpoint that records them, the recorded ones beside them.
+    (``checkpoint``, with ``arch`` unless it is in rai_probe's format; a file
+    that holds code is refused unless ``trust_checkpoint`` is the real
+    ``true``). Every setting is checked first. Writes ``metrics.json`` to
+    ``output_dir`` with the measured numbers and, for a checkpoint that
+    records them, the recorded ones beside them.
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    set_threads(cfg.get("threads"))
-    device = select_device(cfg.get("device", "cpu"))
+    with RunDirectory(output_dir):
+        return _evaluate(cfg, output_dir, overrides)
+
+
+def _evaluate(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    cfg, device = _prepare(cfg, EvaluateSettings, overrides)
+    attacks = eval_attacks(cfg.get("eval_attacks"), overrides)
     if cfg.get("checkpoint"):
-        model = load_checkpoint(cfg["checkpoint"], cfg.get("arch"))
+        model = _checked(
+            lambda: load_checkpoint(cfg["checkpoint"], cfg.get("arch"), trust_checkpoint=cfg.get("trust_checkpoint") is True),
+            "",
+            ("checkpoint", "arch", "trust_checkpoint"),
+            overrides,
+            default="checkpoint",
+        )
     else:
-        model = load_pretrained(cfg["model"])
+        model = _checked(lambda: load_pretrained(cfg.get("model")), "", ("model",), overrides, default="model",
+                         rename={"name": "model", "pretrained": "model"})
     model.to(device)
-    data = load_dataset(cfg["data"], **_dataset_kwargs(cfg, cfg.get("split", "test")))
+    data = _load_data(cfg, "split", overrides)
     if cfg.get("n_eval"):
-        data = data.subset(int(cfg["n_eval"]))
-    attacks = eval_attacks(cfg.get("eval_attacks"))
+        data = data.subset(min(cfg["n_eval"], len(data)))
+    progress = cfg.get("progress", True)
     log.info(
         "evaluating %s on %d %s images under %s; outputs in %s",
         model.info.source,
@@ -203,10 +322,10 @@ def evaluate_from_config(cfg: Mapping[str, Any], output_dir: str | Path) -> dict
         data.images,
         data.labels,
         attacks=attacks,
-        batch_size=int(cfg.get("batch_size", 250)),
+        batch_size=cfg.get("batch_size", 250),
         device=device,
-        seed=int(cfg.get("seed", 0)),
-        progress=True,
+        seed=cfg.get("seed", 0),
+        progress=progress,
     )
     recorded = model.info.metrics or {}
     report["model"] = model.info.source
@@ -214,7 +333,7 @@ def evaluate_from_config(cfg: Mapping[str, Any], output_dir: str | Path) -> dict
         "clean_accuracy": recorded.get("clean_accuracy"),
         "robust_accuracy": recorded.get("robust_accuracy", {}),
     }
-    write_json(output_dir / "metrics.json", report)
+    write_json(output_dir / "metrics.json", {"status": "complete", **report})
     log.info("clean accuracy %.4f (recorded: %s)", report["clean_accuracy"], recorded.get("clean_accuracy"))
     for name, value in report["robust_accuracy"].items():
         log.info(
@@ -224,3 +343,13 @@ def evaluate_from_config(cfg: Mapping[str, Any], output_dir: str | Path) -> dict
             recorded.get("robust_accuracy", {}).get(name),
         )
     return report
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``python scripts/train.py [overrides]``; returns the exit status."""
+    return hydra_main(train_from_config, config_name="train", config_dir=CONFIG_DIR, argv=argv)
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    """``python scripts/evaluate.py [overrides]``; returns the exit status."""
+    return hydra_main(evaluate_from_config, config_name="evaluate", config_dir=CONFIG_DIR, argv=argv)

@@ -1,0 +1,11 @@
+"""What every job script shares: typed settings, run directories, errors that name the override.
+
+* :mod:`~rai_probe.jobs.schema`: dataclass schemas and the strict
+  :func:`~rai_probe.jobs.schema.check_settings`.
+* :mod:`~rai_probe.jobs.errors`: :class:`~rai_probe.jobs.errors.ConfigError`
+  and the override the user typed.
+* :mod:`~rai_probe.jobs.rundir`: the run directory's lock, completion markers
+  and status.
+* :mod:`~rai_probe.jobs.hydra_app`: the Hydra entry point of the scripts and
+  the sweep summary.
+"""
