@@ -1,0 +1,79 @@
+"""The package's layers import only downward: optim <- perturbations <- probing/training; models and data
+are independent of each other and of the attack layers; the shared bottom (errors, _io) imports nothing
+of the package.
+
+Read from the source with ``ast`` (module-level and function-level imports alike), so a lazy import
+inside a function cannot hide a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "rai_probe"
+
+#: What each layer may import from the package (besides itself).
+ALLOWED = {
+    "errors": set(),
+    "_io": {"errors"},
+    "runtime": {"errors"},
+    "progress": set(),
+    "optim": {"errors"},
+    "perturbations": {"errors", "optim", "progress"},
+    "models": {"errors", "_io"},
+    "data": {"errors", "_io"},
+    "jobs": {"errors", "_io"},
+    "training": {"errors", "_io", "runtime", "progress", "optim", "perturbations", "models", "data", "jobs"},
+    "probing": {"errors", "_io", "runtime", "progress", "optim", "perturbations", "models", "data", "jobs"},
+    "demo": {"errors", "optim", "perturbations"},
+}
+
+
+def _layer(path: Path) -> str:
+    relative = path.relative_to(PACKAGE)
+    return relative.parts[0].removesuffix(".py") if relative.parts[0] != "__init__.py" else "__init__"
+
+
+def _imported_layers(path: Path, source: str | None = None) -> set[str]:
+    """The top-level rai_probe modules/packages that ``path`` (or ``source`` placed there) imports."""
+    tree = ast.parse(source if source is not None else path.read_text(encoding="utf-8"))
+    package_parts = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]  # ('rai_probe', 'optim')
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package_parts[: len(package_parts) - node.level + 1]
+                module = ".".join(base + ((node.module,) if node.module else ()))
+                names = [module] if node.module else [f"{module}.{alias.name}" for alias in node.names]
+            else:
+                names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "rai_probe" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if _layer(p) not in ("__init__", "__main__"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_only_go_down(path):
+    layer = _layer(path)
+    assert layer in ALLOWED, f"{layer}: a new layer needs a place in ALLOWED"
+    imported = _imported_layers(path) - {layer}
+    assert imported <= ALLOWED[layer], f"{path.relative_to(PACKAGE)} imports {sorted(imported - ALLOWED[layer])}"
+
+
+def test_the_checker_sees_relative_and_absolute_imports():
+    module = PACKAGE / "optim" / "x.py"  # never written: only its position in the package matters
+    source = "from ..probing import run\nimport rai_probe.models\nfrom . import functional\n" \
+             "def f():\n    from .. import data\n"
+    assert _imported_layers(module, source) == {"probing", "models", "optim", "data"}
