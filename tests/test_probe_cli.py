@@ -64,6 +64,10 @@ def check_job(job_dir: Path, *, n_rows: int, targeted: bool) -> dict:
     assert recomputed == metrics["summary"]
     per_image = read_per_image_csv(job_dir)
     assert per_image["success"].tolist() == saved["success"].tolist()
+    labeled = per_image["label"] >= 0
+    assert torch.equal(per_image["clean_correct"], labeled & (per_image["clean_pred"] == per_image["label"]))
+    if not targeted:  # a clean mistake is never a success
+        assert bool((per_image["success"] <= (per_image["clean_correct"] | ~labeled)).all())
     assert per_image["adv_pred"].tolist() == saved["adv_logits"].argmax(1).tolist()
     for name in metrics["figures"]:
         assert (job_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -89,6 +93,8 @@ def test_default_command(tmp_path):
     saved = load_perturbations(out)
     l1 = saved["deltas"].flatten(1).abs().sum(1)
     assert bool((l1 <= 20.0 * (1 + 1e-5)).all())
+    assert summary["budget_used"]["mean"] == pytest.approx(l1.double().mean().item() / 20.0)
+    assert summary["robust_accuracy"] == pytest.approx(summary["clean_accuracy"] * (1 - summary["flip_rate"]))
     assert summary["l0_pixels"]["mean"] == pytest.approx(
         (saved["deltas"] != 0).flatten(1).sum(1).double().mean().item()
     )

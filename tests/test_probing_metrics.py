@@ -108,22 +108,30 @@ def test_per_image_metrics_exact_values():
     assert out["label_conf_after"].tolist() == pytest.approx([0.25, 0.75, 0.75])
     assert out["target"].tolist() == [-1, -1, -1]
     assert out["target_conf_after"].isnan().all()
+    # image 2 is a clean mistake: attacked and recorded, but no success
+    assert out["clean_correct"].tolist() == [True, True, False]
+    assert out["success"].tolist() == [True, False, False]
     # a failed image has no steps to success even if the solver saw an earlier success
-    assert out["steps_to_success"].tolist() == [4, -1, 0]
+    assert out["steps_to_success"].tolist() == [4, -1, -1]
     assert out["l0_pixels"].tolist() == [1, 4, 0]
     assert out["l1"].tolist() == pytest.approx([0.2, 0.4, 0.0])
+    assert out["budget_used"].isnan().all()  # no budget given
 
 
 def test_summarize_known_inputs():
     batch = _explain_batch()
-    summary = summarize(per_image_metrics(batch.pop("images"), batch.pop("xadv"), **batch))
-    assert summary["n_images"] == 3 and summary["n_labeled"] == 3 and summary["n_successful"] == 2
+    summary = summarize(per_image_metrics(batch.pop("images"), batch.pop("xadv"), epsilon=0.5, norm="l1", **batch))
+    assert summary["n_images"] == 3 and summary["n_labeled"] == 3 and summary["n_successful"] == 1
+    assert summary["n_clean_correct"] == 2 and summary["n_eligible"] == 2
     assert summary["clean_accuracy"] == pytest.approx(2 / 3)
-    assert summary["attack_success_rate"] == pytest.approx(2 / 3)
+    assert summary["robust_accuracy"] == pytest.approx(1 / 3)  # image 1 held; image 2 was wrong already
+    assert summary["flip_rate"] == 0.5 and summary["attack_success_rate"] == 0.5
     assert summary["l0_pixels"] == {"mean": pytest.approx(5 / 3), "median": 1.0}
-    # median over an even count averages the two middle values: successful L0 = [1, 0]
-    assert summary["successful"]["l0_pixels"] == {"mean": 0.5, "median": 0.5}
-    assert summary["steps_to_success"] == {"mean": 2.0, "median": 2.0}
+    assert summary["budget_used"] == {"mean": pytest.approx(0.4), "median": pytest.approx(0.4)}  # L1 / 0.5
+    # all L0 = [1, 4, 0]; the successful images: image 0 only
+    assert summary["successful"]["l0_pixels"] == {"mean": 1.0, "median": 1.0}
+    assert summary["successful"]["budget_used"] == {"mean": pytest.approx(0.4), "median": pytest.approx(0.4)}
+    assert summary["steps_to_success"] == {"mean": 4.0, "median": 4.0}
     conf = summary["confidence"]
     assert conf["clean_pred_before"] == pytest.approx(0.75)
     assert conf["label_before"] == pytest.approx((0.75 + 0.75 + 0.25) / 3)
@@ -139,7 +147,9 @@ def test_summarize_seeds_without_labels_and_no_success():
         first_success_step=torch.tensor([-1, -1]))
     summary = summarize(out)
     assert summary["clean_accuracy"] is None
+    assert summary["robust_accuracy"] is None and summary["flip_rate"] is None  # no label, and targeted
     assert summary["attack_success_rate"] == 0.0
+    assert summary["budget_used"] == {"mean": None, "median": None}
     assert summary["steps_to_success"] == {"mean": None, "median": None}
     assert summary["successful"]["l2"] == {"mean": None, "median": None}
     assert summary["confidence"]["label_before"] is None

@@ -34,8 +34,9 @@ def _start_job(job_dir, config, overrides):
     (hydra / "overrides.yaml").write_text(yaml.safe_dump(overrides))
 
 
-def _finish_job(job_dir, config, overrides, *, changed, successes):
-    """Four 1x4x4 images; image i changes ``changed[i]`` pixels; ``successes`` of them succeed."""
+def _finish_job(job_dir, config, overrides, *, changed, successes, labels=(0, 1, 2, 0), extra=None):
+    """Four 1x4x4 images; image i changes ``changed[i]`` pixels by 0.5 (L1 budget 4: budget_used
+    ``changed[i] / 8``); ``successes`` of them reach another class."""
     images = torch.zeros(4, 1, 4, 4)
     xadv = images.clone()
     for i, count in enumerate(changed):
@@ -43,15 +44,15 @@ def _finish_job(job_dir, config, overrides, *, changed, successes):
     success = torch.arange(4) < successes
     clean = torch.eye(3)[[0, 1, 2, 0]] * 3
     adv = torch.where(success.view(-1, 1), clean.roll(1, dims=1), clean)
-    labels = torch.tensor([0, 1, 2, 0])
+    labels = torch.tensor(labels)
     steps = torch.where(success, torch.tensor(3), torch.tensor(-1))
-    save_perturbations(job_dir, images=images, xadv=xadv, labels=labels, targets=None, clean_logits=clean,
-                       adv_logits=adv, success=success, first_success_step=steps,
-                       loss_trace=torch.ones(5), class_names=["a", "b", "c"])
     per_image = per_image_metrics(images, xadv, clean_logits=clean, adv_logits=adv, labels=labels,
-                                  success=success, first_success_step=steps)
+                                  success=success, first_success_step=steps, epsilon=4.0, norm="l1")
+    save_perturbations(job_dir, images=images, xadv=xadv, labels=labels, targets=None, clean_logits=clean,
+                       adv_logits=adv, success=per_image["success"], first_success_step=steps,
+                       loss_trace=torch.ones(5), class_names=["a", "b", "c"], epsilon=4.0, norm="l1")
     summary = summarize(per_image)
-    write_metrics(job_dir, summary, config=config, overrides=overrides)
+    write_metrics(job_dir, summary, config=config, overrides=overrides, extra=extra)
     return summary
 
 
@@ -116,6 +117,9 @@ def test_report_table_and_files(sweep):
     assert [row["success_rate"] for row in rows] == ["0.5", "0.75", "0.25", "", "1.0", ""]
     assert float(rows[0]["median_l0_fraction"]) == summaries["0"]["l0_fraction"]["median"] == 2.5 / 16
     assert float(rows[0]["clean_accuracy"]) == 1.0
+    assert [row["robust_accuracy"] for row in rows] == ["0.5", "0.25", "0.75", "", "0.0", ""]
+    assert [row["flip_rate"] for row in rows] == ["0.5", "0.75", "0.25", "", "1.0", ""]
+    assert float(rows[0]["mean_budget_used"]) == summaries["0"]["budget_used"]["mean"] == (1 + 2 + 3 + 4) / 4 / 8
     assert rows[3]["note"] == "ValueError: attack.epsilon=20.0 is too large"
     assert "still running" in rows[5]["note"]
 
@@ -128,6 +132,9 @@ def test_report_table_and_files(sweep):
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 6  # header + one row per job
     assert "| 3 | failed |" in markdown and "| 0.5 |" in markdown
+    header = table[0]
+    for column in ("clean_accuracy", "robust_accuracy", "flip_rate", "success_rate", "mean_budget_used"):
+        assert f" {column} |" in header, column
     assert "![gallery](gallery.png)" in markdown
 
 
@@ -219,3 +226,24 @@ def test_lines_of_the_epsilon_plots_group_by_q_and_average_seeds(tmp_path):
     assert curves["attack=l1q, q=0.9"] == ([1.0, 2.0], [pytest.approx(0.3), 0.8])
     assert curves["attack=l2, q=n/a"] == ([0.5], [1.0])
     assert list(_groups(jobs[:3])) == ["q=0.9"]  # nothing else varies
+
+
+def test_report_counts_no_clean_mistake_and_notes_an_unspendable_budget(tmp_path):
+    root = tmp_path / "sweep"
+    config = _config()
+    _start_job(root / "0", config, [])
+    # image 3 (label 1, predicted 0) is a clean mistake: its reaching another class is no success
+    summary = _finish_job(root / "0", config, [], changed=(1, 1, 1, 1), successes=4, labels=(0, 1, 2, 1),
+                          extra={"budget": {"norm": "l1", "epsilon": 20.0, "reachable_norm": 8.0}})
+    assert summary["n_successful"] == 3 and summary["attack_success_rate"] == 1.0
+    _start_job(root / "1", config, [])
+    _finish_job(root / "1", config, [], changed=(1, 1, 1, 1), successes=1,
+                extra={"budget": {"norm": "l1", "epsilon": 20.0, "reachable_norm": 20.0}})
+    columns, rows = report_rows(collect_jobs(root))
+    assert rows[0]["clean_accuracy"] == 0.75 and rows[0]["robust_accuracy"] == 0.0
+    assert rows[0]["flip_rate"] == 1.0 and rows[0]["success_rate"] == 1.0
+    assert rows[1]["robust_accuracy"] == 0.75 and rows[1]["flip_rate"] == 0.25
+    assert "attack.epsilon=20 cannot be spent" in rows[0]["note"] and "above 8" in rows[0]["note"]
+    assert rows[1]["note"] == ""  # it could reach its budget
+    markdown = write_report(root)["markdown"].read_text()
+    assert "job 0: attack.epsilon=20 cannot be spent" in markdown

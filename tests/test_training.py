@@ -610,9 +610,10 @@ def test_eval_attacks_from_the_shipped_config():
 
     settings = OmegaConf.to_container(OmegaConf.load(CONFIGS / "eval_attacks" / "mnist.yaml"))
     attacks = eval_attacks(settings)
-    assert list(attacks) == ["l2_eps1_5", "l2_eps2", "l1_eps10", "l1q_fw_eps10"]
+    assert list(attacks) == ["l2_eps1_5", "l2_eps2", "l1_eps10", "l1q_fw_eps10", "l1_ensemble_eps10"]
     assert attacks["l2_eps1_5"] == Attack("L2ProjectedOptim", epsilon=1.5, steps=50, lr=0.1)
     assert attacks["l1q_fw_eps10"] == Attack("L1qFrankWolfe", epsilon=10.0, steps=50, options={"q": 0.99})
+    assert attacks["l1_ensemble_eps10"].attacks == {name: attacks[name] for name in ("l1_eps10", "l1q_fw_eps10")}
     assert eval_attacks(None) == {} and eval_attacks({}) == {}
     with pytest.raises(ValueError, match=r"eval_attacks\.bad: unknown setting\(s\) \['eps'\]"):
         eval_attacks({"bad": {"optimizer": "L2ProjectedOptim", "eps": 1.0}})
@@ -662,6 +663,10 @@ def test_train_from_config_writes_its_files(tiny_run):
     assert set(report["robust_accuracy"]) == set(cfg["eval_attacks"]) == set(report["attacks"])
     assert report["attacks"]["l1_eps10"] == eval_attacks(cfg["eval_attacks"])["l1_eps10"].to_dict()
     assert all(r <= report["clean_accuracy"] for r in report["robust_accuracy"].values())
+    # the ensemble entry names other entries: their overridden steps are the ensemble's
+    ensemble = report["attacks"]["l1_ensemble_eps10"]["ensemble"]
+    assert list(ensemble) == report["ensembles"]["l1_ensemble_eps10"]["members"] == ["l1_eps10", "l1q_fw_eps10"]
+    assert all(member["steps"] == 2 for member in ensemble.values())
 
 
 def test_checkpoint_gives_the_trained_models_logits(tiny_run):
@@ -710,10 +715,12 @@ def test_evaluate_on_the_checkpoint_reproduces_the_recorded_accuracies(tiny_run)
     loaded = load_checkpoint(out / "run" / "model.pt")
     metrics = loaded.info.metrics
     held_out = load_dataset("mnist5k", split="test").subset(40)
-    attacks = {name: Attack.from_dict(entry) for name, entry in metrics["attacks"].items()}
+    attacks = eval_attacks(metrics["attacks"])  # as recorded: attacks, and the ensemble with its members inline
+    assert set(attacks) == set(metrics["robust_accuracy"])
     again = evaluate(loaded, held_out.images, held_out.labels, attacks=attacks, seed=cfg["seed"])
     assert again["clean_accuracy"] == metrics["clean_accuracy"]
     assert again["robust_accuracy"] == metrics["robust_accuracy"]
+    assert again["ensembles"] == metrics["ensembles"]
 
 
 def test_train_from_config_standard_training(tmp_path):

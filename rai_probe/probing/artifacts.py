@@ -5,7 +5,8 @@ file                              content
 ================================  ==========================================================
 ``perturbations.pt``              a dict of tensors (:func:`save_perturbations`): images,
                                   perturbed images, deltas, labels, targets, logits,
-                                  predictions, success, loss trace, class names; loadable
+                                  predictions, success, loss trace, class names, the
+                                  budget (``epsilon``, ``budget_norm``); loadable
                                   with ``torch.load(..., weights_only=True)``
 ``per_image.csv``                 one row per image (:func:`write_per_image_csv`)
 ``metrics.json``                  ``{"status": "complete", "summary", "config",
@@ -52,7 +53,7 @@ from torch import Tensor
 from .._io import write_atomic
 from ..jobs.rundir import ERROR_FILE, METRICS_FILE, job_status, write_error
 from ..models import read_torch_file
-from .metrics import PER_IMAGE_KEYS, per_image_metrics
+from .metrics import PER_IMAGE_KEYS, _check_budget, per_image_metrics
 
 __all__ = [
     "METRICS_FILE",
@@ -101,7 +102,7 @@ _NAME_COLUMNS = {
 }
 _INT_KEYS = frozenset({"index", "label", "target", "clean_pred", "adv_pred", "steps_to_success",
                        "l0_pixels", "l0_elements"})
-_BOOL_KEYS = frozenset({"success"})
+_BOOL_KEYS = frozenset({"success", "clean_correct"})
 
 
 # --------------------------------------------------------------------------- #
@@ -180,6 +181,8 @@ def save_perturbations(
     loss_trace: Tensor | None,
     class_names: Sequence[str] | None,
     extra: Mapping[str, Any] | None = None,
+    epsilon: float | None = None,
+    norm: str | None = None,
 ) -> Path:
     """Save everything needed to recompute the metrics and redraw the pictures of a job.
 
@@ -196,6 +199,9 @@ def save_perturbations(
     clean_logits, adv_logits : Tensor, shape-(N, K)
         The model's outputs on ``images`` and ``xadv``.
     success : Tensor of bool, shape-(N,)
+        The per-image ``success`` of
+        :func:`~rai_probe.probing.metrics.per_image_metrics` (clean mistakes
+        are no successes; recomputing from the file gives the same).
     first_success_step : Tensor of int, shape-(N,)
     loss_trace : Tensor or None
         The solver's loss trace (``None`` stores an empty tensor).
@@ -204,6 +210,10 @@ def save_perturbations(
     extra : mapping of str to tensors / numbers / strings, optional
         More entries to store (e.g. ``"datum_loss_trace"`` or probe-mode
         ``"sources"``); their keys must differ from the standard ones.
+    epsilon, norm : float and {"l1", "l2", "linf"}, optional
+        The attack's budget and the norm of its ball, stored as
+        ``"epsilon"`` and ``"budget_norm"`` (``None`` when not given) so that
+        ``budget_used`` can be recomputed.
 
     Returns
     -------
@@ -251,6 +261,7 @@ def save_perturbations(
         )
     first = _class_vector("first_success_step", first_success_step, n)
     trace = torch.empty(0) if loss_trace is None else _cpu("loss_trace", loss_trace)
+    epsilon, norm = _check_budget(epsilon, norm)
     payload: dict[str, Any] = {
         "images": images,
         "xadv": xadv,
@@ -265,6 +276,8 @@ def save_perturbations(
         "first_success_step": first,
         "loss_trace": trace,
         "class_names": _check_class_names(class_names, clean_logits.shape[1]),
+        "epsilon": epsilon,
+        "budget_norm": norm,
     }
     for key, value in (extra or {}).items():
         if key in payload:
@@ -318,6 +331,9 @@ def load_perturbations(path_or_dir: str | os.PathLike) -> dict:
 def per_image_from_perturbations(saved: Mapping[str, Any], *, atol: float = 0.0) -> dict[str, Tensor]:
     """Recompute :func:`~rai_probe.probing.metrics.per_image_metrics` from a loaded ``perturbations.pt``.
 
+    The budget comes from the file's ``"epsilon"`` and ``"budget_norm"``
+    (files written before they were stored give ``budget_used`` NaN).
+
     Examples
     --------
     >>> import tempfile, torch
@@ -341,6 +357,8 @@ def per_image_from_perturbations(saved: Mapping[str, Any], *, atol: float = 0.0)
         success=saved["success"],
         first_success_step=saved["first_success_step"],
         atol=atol,
+        epsilon=saved.get("epsilon"),
+        norm=saved.get("budget_norm"),
     )
 
 
@@ -374,7 +392,7 @@ def write_per_image_csv(
     each class-index column (``label``, ``target``, ``clean_pred``,
     ``adv_pred``) followed by its class name (``label_name`` ...; empty for
     -1). Floats are written with full precision, NaN as an empty cell,
-    ``success`` as ``True`` / ``False``.
+    ``clean_correct`` and ``success`` as ``True`` / ``False``.
 
     Examples
     --------
@@ -434,7 +452,7 @@ def read_per_image_csv(path_or_dir: str | os.PathLike) -> dict[str, Tensor]:
     >>> per_image = per_image_metrics(
     ...     torch.zeros(2, 1, 1, 2), torch.ones(2, 1, 1, 2), clean_logits=torch.eye(2),
     ...     adv_logits=torch.eye(2), success=torch.tensor([False, True]),
-    ...     first_success_step=torch.tensor([-1, 0]))
+    ...     first_success_step=torch.tensor([-1, 0]), epsilon=2.0, norm="l2")
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     back = read_per_image_csv(write_per_image_csv(tmp, per_image, None))
     >>> all(torch.equal(back[k], per_image[k]) for k in per_image if "conf_" not in k)

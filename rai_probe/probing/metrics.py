@@ -1,9 +1,40 @@
-"""Per-image and summary metrics of a probe job: accuracy, success, sparsity, confidence.
+"""Per-image and summary metrics of a probe job: accuracy, success, sparsity, budget, confidence.
 
 Everything here is pure tensor code over a batch: :func:`per_image_metrics`
 turns an attack's inputs and outputs into one ``(N,)`` tensor per quantity,
 and :func:`summarize` reduces those to the JSON-ready numbers of
 ``metrics.json``.
+
+Success, honestly counted
+-------------------------
+An image the model already gets wrong has nothing left to break, so it is
+never an attack success:
+
+* ``clean_correct`` (per image): the image has a label and the model's clean
+  prediction is that label. Unlabeled images (noise or gray seeds, a flat
+  folder) are never ``clean_correct``: there is no label to be correct about.
+* ``success`` (per image) is the solver's goal **and** a chance to meet it
+  honestly. Untargeted (explain mode): a labeled image succeeds when it was
+  ``clean_correct`` and ``xadv`` is misclassified; a clean mistake is still
+  attacked and recorded, but its ``success`` is false. An unlabeled image is
+  attacked away from the model's own clean prediction and succeeds when that
+  prediction changes. Targeted (probe mode): success is being classified as
+  the target (with the attack's ``confidence``), whatever the label.
+* Summary rates, each ``None`` when its denominator is empty:
+  ``clean_accuracy`` = clean-correct / labeled images; ``robust_accuracy`` =
+  clean-correct and not flipped / labeled untargeted images (the usual
+  robust accuracy: clean mistakes count as broken); ``flip_rate`` = flipped /
+  clean-correct untargeted images; ``attack_success_rate`` = successes / the
+  ``n_eligible`` rows that could succeed (every targeted row; untargeted,
+  the clean-correct and the unlabeled images). With labeled data in explain
+  mode, ``attack_success_rate == flip_rate`` and
+  ``robust_accuracy == clean_accuracy * (1 - flip_rate)``; unlabeled images
+  count in ``attack_success_rate`` only.
+* ``budget_used`` (per image): the perturbation's norm in the attack's own
+  norm divided by ε (``l1 / ε`` for an L1 attack, ``l2 / ε``, ``linf / ε``),
+  so 1.0 is the whole budget (a perturbation on the sphere may read a
+  float32 rounding above it); NaN (``None`` in a summary) when the norm or ε
+  is not given.
 
 Conventions
 -----------
@@ -38,6 +69,18 @@ Examples
 >>> summary = summarize(per_image)
 >>> summary["clean_accuracy"], summary["attack_success_rate"], summary["steps_to_success"]
 (1.0, 1.0, {'mean': 4.0, 'median': 4.0})
+
+A clean mistake is attacked and recorded, but it is no success:
+
+>>> flipped = per_image_metrics(
+...     images, xadv, clean_logits=logits, adv_logits=logits.flip(1),
+...     labels=torch.tensor([0, 0]), success=torch.tensor([True, True]),
+...     first_success_step=torch.tensor([3, 0]), epsilon=2.0, norm="l1")
+>>> flipped["clean_correct"].tolist(), flipped["success"].tolist(), flipped["budget_used"].tolist()
+([True, False], [True, False], [0.25, 0.0])
+>>> s = summarize(flipped)
+>>> s["clean_accuracy"], s["robust_accuracy"], s["flip_rate"], s["attack_success_rate"]
+(0.5, 0.0, 1.0, 1.0)
 """
 
 from __future__ import annotations
@@ -50,9 +93,12 @@ from torch import Tensor
 
 __all__ = [
     "NORM_KEYS",
+    "BUDGET_NORMS",
     "PER_IMAGE_KEYS",
     "changed_pixels",
     "perturbation_norms",
+    "honest_success",
+    "budget_used",
     "per_image_metrics",
     "median",
     "summarize",
@@ -60,6 +106,9 @@ __all__ = [
 
 #: Keys of :func:`perturbation_norms`, in the order the CSV uses.
 NORM_KEYS = ("l0_pixels", "l0_fraction", "l0_elements", "l1", "l2", "linf")
+
+#: Norms an attack's budget can be measured in (keys of :func:`perturbation_norms`).
+BUDGET_NORMS = ("l1", "l2", "linf")
 
 #: Keys of :func:`per_image_metrics`, in the order the CSV uses.
 PER_IMAGE_KEYS = (
@@ -74,9 +123,10 @@ PER_IMAGE_KEYS = (
     "label_conf_after",
     "target_conf_before",
     "target_conf_after",
+    "clean_correct",
     "success",
     "steps_to_success",
-) + NORM_KEYS
+) + NORM_KEYS + ("budget_used",)
 
 
 # --------------------------------------------------------------------------- #
@@ -215,6 +265,93 @@ def perturbation_norms(delta: Tensor, *, atol: float = 0.0) -> dict[str, Tensor]
     }
 
 
+def _check_budget(epsilon: Any, norm: Any) -> tuple[float | None, str | None]:
+    if (epsilon is None) != (norm is None):
+        raise ValueError(
+            "`epsilon` and `norm` go together (the budget and the norm it is measured in); "
+            f"got epsilon={epsilon!r}, norm={norm!r}"
+        )
+    if norm is None:
+        return None, None
+    if norm not in BUDGET_NORMS:
+        raise ValueError(f"`norm` must be one of {', '.join(BUDGET_NORMS)} or None; got norm={norm!r}")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < math.inf:
+        raise ValueError(f"`epsilon` must be a finite number > 0 or None; got epsilon={epsilon!r}")
+    return float(epsilon), norm
+
+
+def budget_used(norms: Mapping[str, Tensor], *, epsilon: float | None, norm: str | None) -> Tensor:
+    """The fraction of the budget each perturbation spends: its ``norm`` divided by ``epsilon``.
+
+    Parameters
+    ----------
+    norms : mapping of str to Tensor
+        :func:`perturbation_norms` of the perturbations.
+    epsilon : float or None
+        The attack's budget (radius of its ball), > 0.
+    norm : {"l1", "l2", "linf"} or None
+        The norm of the attack's ball. With ``epsilon`` and ``norm`` both
+        ``None`` the budget is unknown: all NaN.
+
+    Returns
+    -------
+    Tensor of float64, shape-(N,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> norms = perturbation_norms(torch.tensor([[[[3.0, -4.0]]], [[[0.0, 0.5]]]]))
+    >>> budget_used(norms, epsilon=10.0, norm="l1").tolist(), budget_used(norms, epsilon=5.0, norm="l2").tolist()
+    ([0.7, 0.05], [1.0, 0.1])
+    >>> budget_used(norms, epsilon=None, norm=None).isnan().tolist()
+    [True, True]
+    """
+    epsilon, norm = _check_budget(epsilon, norm)
+    reference = norms["l1"]
+    if norm is None:
+        return torch.full_like(reference, math.nan, dtype=torch.float64)
+    return norms[norm].to(torch.float64) / epsilon
+
+
+def honest_success(
+    goal_met: Tensor, *, clean_pred: Tensor, labels: Tensor, targets: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(clean_correct, success)``: the solver's goal, minus the images that were already wrong.
+
+    Parameters
+    ----------
+    goal_met : Tensor of bool, shape-(N,)
+        Whether ``xadv`` met the attack's goal (the solver's ``success``:
+        untargeted, a prediction other than the attacked class; targeted,
+        the target).
+    clean_pred : Tensor of int, shape-(N,)
+        The model's prediction on the clean images.
+    labels, targets : Tensor of int, shape-(N,)
+        True labels and targets, ``-1`` where unknown / untargeted.
+
+    Returns
+    -------
+    clean_correct : Tensor of bool, shape-(N,)
+        Labeled and predicted as the label (unlabeled images: ``False``).
+    success : Tensor of bool, shape-(N,)
+        ``goal_met``, except for untargeted labeled images that were not
+        ``clean_correct`` (a clean mistake is not broken by the attack).
+
+    Examples
+    --------
+    >>> import torch
+    >>> clean_correct, success = honest_success(
+    ...     torch.tensor([True, True, True, True]), clean_pred=torch.tensor([0, 1, 1, 2]),
+    ...     labels=torch.tensor([0, 0, -1, 0]), targets=torch.tensor([-1, -1, -1, 2]))
+    >>> clean_correct.tolist(), success.tolist()   # image 1: a clean mistake; 3: targeted
+    ([True, False, False, False], [True, False, True, True])
+    """
+    labeled = labels >= 0
+    clean_correct = labeled & (clean_pred == labels)
+    already_wrong = (targets < 0) & labeled & ~clean_correct
+    return clean_correct, goal_met & ~already_wrong
+
+
 # --------------------------------------------------------------------------- #
 # per image
 # --------------------------------------------------------------------------- #
@@ -236,6 +373,8 @@ def per_image_metrics(
     success: Tensor,
     first_success_step: Tensor,
     atol: float = 0.0,
+    epsilon: float | None = None,
+    norm: str | None = None,
 ) -> dict[str, Tensor]:
     """Every per-image quantity of an attacked batch, one ``(N,)`` tensor each.
 
@@ -251,11 +390,17 @@ def per_image_metrics(
         Target classes of a targeted attack, ``-1`` for untargeted images;
         ``None``: untargeted.
     success : Tensor of bool, shape-(N,)
-        Whether ``xadv`` met the attack's goal (the solver's ``success``).
+        Whether ``xadv`` met the attack's goal (the solver's ``success``);
+        the returned ``"success"`` drops the clean mistakes from it
+        (:func:`honest_success`), so passing that back in changes nothing.
     first_success_step : Tensor of int, shape-(N,)
         The solver's first evaluated iterate meeting the goal, -1 if none.
     atol : float, optional (default=0.0)
         Threshold of the L0 counts (see :func:`perturbation_norms`).
+    epsilon : float, optional
+        The attack's budget, for ``"budget_used"`` (with ``norm``).
+    norm : {"l1", "l2", "linf"}, optional
+        The norm of the attack's ball (with ``epsilon``).
 
     Returns
     -------
@@ -311,13 +456,15 @@ def per_image_metrics(
     device = clean_logits.device
     labels = _check_classes("labels", labels, n, classes, device)
     targets = _check_classes("targets", targets, n, classes, device)
-    success = _check_vector("success", success, n, kind="bool").to(device)
+    goal_met = _check_vector("success", success, n, kind="bool").to(device)
     first = _check_vector("first_success_step", first_success_step, n, kind="int").to(device, torch.int64)
+    epsilon, norm = _check_budget(epsilon, norm)
 
     clean_probs = clean_logits.detach().to(torch.float64).softmax(dim=1)
     adv_probs = adv_logits.detach().to(torch.float64).softmax(dim=1)
     clean_conf, clean_pred = clean_probs.max(dim=1)
     adv_conf, adv_pred = adv_probs.max(dim=1)
+    clean_correct, success = honest_success(goal_met, clean_pred=clean_pred, labels=labels, targets=targets)
     out = {
         "index": torch.arange(n, dtype=torch.int64, device=device),
         "label": labels,
@@ -330,11 +477,13 @@ def per_image_metrics(
         "label_conf_after": _probability_of(adv_probs, labels),
         "target_conf_before": _probability_of(clean_probs, targets),
         "target_conf_after": _probability_of(adv_probs, targets),
+        "clean_correct": clean_correct,
         "success": success,
         "steps_to_success": torch.where(success, first, torch.full_like(first, -1)),
     }
     norms = perturbation_norms(xadv.detach() - images.detach(), atol=atol)
     out.update(norms)
+    out["budget_used"] = budget_used(norms, epsilon=epsilon, norm=norm)
     return {key: value.cpu() for key, value in out.items()}
 
 
@@ -379,6 +528,12 @@ def _stats(values: Tensor) -> dict[str, float | None]:
     return {"mean": _mean(values), "median": median(values)}
 
 
+def _rate(hits: Tensor, rows: Tensor) -> float | None:
+    """``hits`` among ``rows`` (bool masks), ``None`` when there are no rows."""
+    count = int(rows.sum())
+    return int((hits & rows).sum()) / count if count else None
+
+
 def summarize(per_image: Mapping[str, Tensor]) -> dict:
     """Reduce :func:`per_image_metrics` to the JSON-ready summary of ``metrics.json``.
 
@@ -392,21 +547,28 @@ def summarize(per_image: Mapping[str, Tensor]) -> dict:
     -------
     dict
         Plain ints, floats and ``None`` (never NaN), with keys
-        ``"n_images"``, ``"n_labeled"``, ``"n_targeted"``, ``"n_successful"``;
-        ``"clean_accuracy"`` (fraction of the labeled images whose clean
-        prediction is the label; ``None`` with no labeled image);
-        ``"attack_success_rate"`` (``None`` with no image);
+        ``"n_images"``, ``"n_labeled"``, ``"n_clean_correct"``,
+        ``"n_eligible"`` (rows that can count as a success: every targeted
+        row, and the clean-correct and unlabeled untargeted ones),
+        ``"n_targeted"``, ``"n_successful"``;
+        ``"clean_accuracy"`` (clean-correct / labeled images);
+        ``"robust_accuracy"`` (clean-correct and not successfully attacked /
+        labeled untargeted images); ``"flip_rate"`` (successes / clean-correct
+        untargeted images); ``"attack_success_rate"`` (successes /
+        ``n_eligible``) -- each rate ``None`` when its denominator is 0;
         ``"l0_pixels"``, ``"l0_fraction"``, ``"l0_elements"``, ``"l1"``,
-        ``"l2"``, ``"linf"``: each ``{"mean", "median"}`` over all images;
+        ``"l2"``, ``"linf"`` and ``"budget_used"``: each ``{"mean",
+        "median"}`` over all images (``budget_used``: over the images with a
+        known budget);
         ``"confidence"``: means of ``clean_conf`` (``"clean_pred_before"``),
         ``adv_conf`` (``"adv_pred_after"``), the true label's probability
         (``"label_before"``, ``"label_after"``, over labeled images) and the
         target's (``"target_before"``, ``"target_after"``, over targeted
         images), ``None`` where no image applies;
         ``"steps_to_success"``: ``{"mean", "median"}`` over the successful
-        images; ``"successful"``: the norm statistics over the successful
-        images only. Statistics of no values are ``None``; medians follow
-        :func:`median`.
+        images; ``"successful"``: the norm and budget statistics over the
+        successful images only. Statistics of no values are ``None``;
+        medians follow :func:`median`.
 
     Examples
     --------
@@ -419,11 +581,13 @@ def summarize(per_image: Mapping[str, Tensor]) -> dict:
     >>> per_image = per_image_metrics(
     ...     images, xadv, clean_logits=eye[[0, 0, 1, 1]], adv_logits=eye[[0, 1, 0, 0]],
     ...     labels=torch.tensor([0, 0, 1, 0]),
-    ...     success=torch.tensor([False, True, True, False]),
-    ...     first_success_step=torch.tensor([-1, 2, 4, 3]))
+    ...     success=torch.tensor([False, True, True, True]),
+    ...     first_success_step=torch.tensor([-1, 2, 4, 0]), epsilon=4.0, norm="l1")
     >>> s = summarize(per_image)
-    >>> s["clean_accuracy"], s["attack_success_rate"], s["l0_pixels"]
-    (0.75, 0.5, {'mean': 1.75, 'median': 1.5})
+    >>> s["clean_accuracy"], s["robust_accuracy"], s["flip_rate"], s["attack_success_rate"]
+    (0.75, 0.25, 0.6666666666666666, 0.6666666666666666)
+    >>> s["n_successful"], s["l0_pixels"], s["budget_used"]        # image 3 was a clean mistake
+    (2, {'mean': 1.75, 'median': 1.5}, {'mean': 0.4375, 'median': 0.375})
     >>> s["steps_to_success"], s["successful"]["l0_pixels"], s["confidence"]["target_before"]
     ({'mean': 3.0, 'median': 3.0}, {'mean': 1.5, 'median': 1.5}, None)
     """
@@ -441,20 +605,25 @@ def summarize(per_image: Mapping[str, Tensor]) -> dict:
     labels = per_image["label"]
     targets = per_image["target"]
     success = per_image["success"].to(torch.bool)
+    correct = per_image["clean_correct"].to(torch.bool)
     labeled = labels >= 0
     targeted = targets >= 0
-    correct = (per_image["clean_pred"] == labels) & labeled
-    n_labeled = int(labeled.sum())
+    untargeted = ~targeted
+    eligible = targeted | correct | ~labeled
 
     summary: dict[str, Any] = {
         "n_images": n,
-        "n_labeled": n_labeled,
+        "n_labeled": int(labeled.sum()),
+        "n_clean_correct": int(correct.sum()),
+        "n_eligible": int(eligible.sum()),
         "n_targeted": int(targeted.sum()),
         "n_successful": int(success.sum()),
-        "clean_accuracy": int(correct.sum()) / n_labeled if n_labeled else None,
-        "attack_success_rate": int(success.sum()) / n if n else None,
+        "clean_accuracy": _rate(correct, labeled),
+        "robust_accuracy": _rate(correct & ~success, labeled & untargeted),
+        "flip_rate": _rate(success, correct & untargeted),
+        "attack_success_rate": _rate(success, eligible),
     }
-    for key in NORM_KEYS:
+    for key in NORM_KEYS + ("budget_used",):
         summary[key] = _stats(per_image[key])
     summary["confidence"] = {
         "clean_pred_before": _mean(per_image["clean_conf"]),
@@ -465,5 +634,5 @@ def summarize(per_image: Mapping[str, Tensor]) -> dict:
         "target_after": _mean(per_image["target_conf_after"][targeted]),
     }
     summary["steps_to_success"] = _stats(per_image["steps_to_success"][success])
-    summary["successful"] = {key: _stats(per_image[key][success]) for key in NORM_KEYS}
+    summary["successful"] = {key: _stats(per_image[key][success]) for key in NORM_KEYS + ("budget_used",)}
     return summary

@@ -10,7 +10,9 @@ whatever its state; :func:`write_report` writes, by default into
 ==========================  ================================================================
 file                        content
 ==========================  ================================================================
-``report.csv``              one row per job: status, parameters, summary metrics, note
+``report.csv``              one row per job: status, parameters, summary metrics (clean
+                            accuracy, robust accuracy, flip rate, success rate, mean budget
+                            used, sparsity; see :mod:`rai_probe.probing.metrics`), note
 ``report.md``               the same table, then the failed jobs (first line of their
                             error) and the unfinished ones, and links to the pictures
 ``success_vs_epsilon.png``  attack success rate against epsilon, one line per q
@@ -93,7 +95,10 @@ PARAMETERS = (
 METRICS = (
     ("n_images_run", ("n_images",)),
     ("clean_accuracy", ("clean_accuracy",)),
+    ("robust_accuracy", ("robust_accuracy",)),
+    ("flip_rate", ("flip_rate",)),
     ("success_rate", ("attack_success_rate",)),
+    ("mean_budget_used", ("budget_used", "mean")),
     ("median_l0_fraction", ("l0_fraction", "median")),
     ("median_l0_pixels", ("l0_pixels", "median")),
     ("mean_l1", ("l1", "mean")),
@@ -248,6 +253,26 @@ def _params(config: Any, overrides: Sequence[str]) -> dict:
     return params
 
 
+def _unspendable_budget(metrics: dict) -> str | None:
+    """The note of a job whose attack could not spend its budget (``metrics.json``'s ``"budget"``), else None.
+
+    Examples
+    --------
+    >>> _unspendable_budget({"budget": {"norm": "l1", "epsilon": 20.0, "reachable_norm": 8.0}})
+    'attack.epsilon=20 cannot be spent: no iterate reaches an l1 norm above 8 (budget_used <= 0.4)'
+    >>> _unspendable_budget({"budget": {"norm": "l1", "epsilon": 20.0, "reachable_norm": None}}) is None
+    True
+    """
+    budget = metrics.get("budget")
+    if not isinstance(budget, dict):
+        return None
+    epsilon, reachable = _number(budget.get("epsilon")), _number(budget.get("reachable_norm"))
+    if epsilon is None or reachable is None or epsilon <= 0 or reachable >= epsilon * (1 - 1e-6):
+        return None
+    return (f"attack.epsilon={epsilon:g} cannot be spent: no iterate reaches an {budget.get('norm')} norm "
+            f"above {reachable:.4g} (budget_used <= {reachable / epsilon:.3g})")
+
+
 def _read_job(job_dir: Path, name: str) -> JobRecord:
     notes: list[str] = []
     config: Any = None
@@ -279,6 +304,9 @@ def _read_job(job_dir: Path, name: str) -> JobRecord:
             f"interrupted (Ctrl-C) after {metrics.get('rows_finished', '?')} of {metrics.get('rows_planned', '?')} "
             "images: its numbers cover those only"
         )
+    unspendable = _unspendable_budget(metrics)
+    if unspendable:
+        notes.append(unspendable)
     if status in ("complete", "interrupted"):
         summary = metrics.get("summary") if isinstance(metrics.get("summary"), dict) else {}
         if config is None:

@@ -3,8 +3,15 @@
 Every setting is checked before anything heavy is loaded (:func:`check_settings`
 of the whole config, then the attack), the model is loaded and the attack's
 shape-dependent options are checked against its input, then the data is
-loaded. Ctrl-C during the attack keeps every finished batch: they are saved
-and the job is marked ``interrupted`` (:class:`~rai_probe.jobs.hydra_app.JobInterrupted`).
+loaded. An attack that cannot spend its budget on these images (its
+optimizer keeps too few entries per step for the box to let it reach ε; asked
+of :class:`~rai_probe.perturbations.Attack` when it can say) is named in one
+log warning before any image is attacked. Ctrl-C during the attack keeps every
+finished batch: they are saved and the job is marked ``interrupted``
+(:class:`~rai_probe.jobs.hydra_app.JobInterrupted`).
+
+What the numbers mean is in :mod:`rai_probe.probing.metrics` (clean mistakes
+are attacked and recorded, but never count as successes).
 """
 
 from __future__ import annotations
@@ -23,11 +30,12 @@ from ..jobs.errors import typed_override
 from ..jobs.hydra_app import JobInterrupted
 from ..jobs.rundir import RunDirectory, RunDirectoryBusy
 from ..perturbations.attacks import Attack
+from ..perturbations.ensemble import attack_norm
 from ..progress import Progress
 from ..runtime import select_device, set_threads
 from .artifacts import FIGURES_DIR, save_perturbations, write_metrics, write_per_image_csv
 from .figures import plot_class_grid, plot_loss_trace, save_batch_grids
-from .metrics import per_image_metrics, summarize
+from .metrics import honest_success, per_image_metrics, summarize
 from .schema import check_probe_settings
 from .settings import (
     ProbeConfigError,
@@ -121,8 +129,49 @@ def _padded_traces(traces: Sequence[Tensor]) -> Tensor:
     return torch.cat(padded, dim=1) if traces[0].ndim == 2 else torch.stack(padded)
 
 
-def _attack_batches(job: _Job, model: torch.nn.Module, plan: ProbePlan) -> _Attacked:
-    """Attack the plan's rows batch by batch; Ctrl-C keeps the finished batches."""
+def _reachable_norm(attack: Attack, image_shape: Sequence[int]) -> float | None:
+    """The largest norm any iterate of ``attack`` can reach on images of ``image_shape``, when the attack can say.
+
+    Asks ``Attack.reachable_norm(data_shape, data_range)`` (``data_shape``:
+    one image, ``(1, C, H, W)``); ``None`` when the attack has no such query
+    or says its iterates are unbounded (``None`` or infinity).
+    """
+    query = getattr(attack, "reachable_norm", None)
+    if not callable(query):
+        return None
+    reachable = query((1, *image_shape), attack.data_range)
+    if reachable is None:
+        return None
+    reachable = float(reachable)
+    return reachable if reachable < float("inf") else None
+
+
+def _warn_if_budget_unspendable(attack: Attack, image_shape: Sequence[int], reachable: float | None) -> None:
+    """One log warning when no iterate of ``attack`` can reach its ε (``reachable``: the largest norm one can)."""
+    if reachable is None or reachable >= attack.epsilon * (1 - 1e-6):
+        return
+    norm = {"l1": "an L1", "l2": "an L2", "linf": "an L∞"}.get(attack_norm(attack) or "", "a")
+    q = attack.options.get("q")
+    log.warning(
+        "attack.epsilon=%g cannot be spent: %s%s on %s images in data_range %s reaches at most %s norm of %.4g, "
+        "so budget_used stays <= %.3f (lower attack.q to keep more entries per step, or lower attack.epsilon)",
+        attack.epsilon,
+        attack.optimizer,
+        f" (q={q:g})" if isinstance(q, (int, float)) and not isinstance(q, bool) else "",
+        "x".join(map(str, image_shape)),
+        list(attack.data_range) if attack.data_range is not None else "unbounded",
+        norm,
+        reachable,
+        reachable / attack.epsilon,
+    )
+
+
+def _attack_batches(job: _Job, model: torch.nn.Module, plan: ProbePlan, clean_pred: Tensor) -> _Attacked:
+    """Attack the plan's rows batch by batch; Ctrl-C keeps the finished batches.
+
+    ``clean_pred`` (the model's clean prediction of each row) only feeds the
+    progress bar's success rate, which counts no clean mistake.
+    """
     rows = plan.images.shape[0]
     generator = torch.Generator(device=job.device).manual_seed(job.seed)
     pieces: dict[str, list[Tensor]] = {"xadv": [], "logits": [], "success": [], "first": []}
@@ -145,7 +194,9 @@ def _attack_batches(job: _Job, model: torch.nn.Module, plan: ProbePlan) -> _Atta
                 if result.datum_loss_trace is not None:
                     datum_traces.append(result.datum_loss_trace.float())
                 finished = part.stop
-                succeeded += int(result.success.sum())
+                honest = honest_success(result.success, clean_pred=clean_pred[part], labels=plan.labels[part],
+                                        targets=plan.targets[part])[1]
+                succeeded += int(honest.sum())
                 bar.update(part.stop - part.start, success=round(succeeded / part.stop, 3))  # so far
         except KeyboardInterrupt:
             if not finished:
@@ -219,6 +270,19 @@ def _draw_figures(job: _Job, output_dir: Path, plan: ProbePlan, attacked: _Attac
     return figures
 
 
+def _rates_text(summary: Mapping[str, Any]) -> str:
+    """``"clean accuracy 0.938, robust accuracy 0.750, flip rate 0.200, budget used 0.61"`` (the rates that apply)."""
+    shown = [("clean accuracy", "clean_accuracy"), ("robust accuracy", "robust_accuracy"),
+             ("flip rate", "flip_rate")]
+    if summary.get("flip_rate") is None:
+        shown.append(("success rate", "attack_success_rate"))
+    parts = [f"{label} {summary[key]:.3f}" for label, key in shown if summary.get(key) is not None]
+    used = (summary.get("budget_used") or {}).get("mean")
+    if used is not None:
+        parts.append(f"budget used {used:.2f}")
+    return ", ".join(parts) or "no rate applies"
+
+
 def _first_rows(plan: ProbePlan, rows: int) -> ProbePlan:
     if rows == plan.images.shape[0]:
         return plan
@@ -260,6 +324,8 @@ def _run(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> 
     job = _checked_settings(cfg, overrides)
     model = model_from_config(cfg["model"], job.device, overrides)
     check_attack_shape(job.attack, cfg["attack"], tuple(model.info.input_shape), overrides)
+    reachable = _reachable_norm(job.attack, tuple(model.info.input_shape))
+    _warn_if_budget_unspendable(job.attack, tuple(model.info.input_shape), reachable)
     data = data_from_config(cfg["data"], model, n_images=job.n_images, seed=job.seed, overrides=overrides)
     if not job.targeted and not data.labeled and cfg["data"].get("name") in ("noise", "gray"):
         raise ProbeConfigError(
@@ -287,10 +353,12 @@ def _run(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> 
             [model(data.images[i : i + job.batch_size].to(job.device)) for i in range(0, len(data), job.batch_size)]
         )
     full_plan = plan_from_config(job.mode, data, model, source_logits.argmax(dim=1))
-    attacked = _attack_batches(job, model, full_plan)
+    attacked = _attack_batches(job, model, full_plan, source_logits.argmax(dim=1)[full_plan.sources])
     plan = _first_rows(full_plan, attacked.rows)
     clean_logits = source_logits[plan.sources].float()
     targets = plan.targets if job.targeted else None
+    norm = attack_norm(job.attack)
+    epsilon = job.attack.epsilon if norm is not None else None
 
     per_image = per_image_metrics(
         plan.images,
@@ -301,6 +369,8 @@ def _run(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> 
         targets=targets,
         success=attacked.success,
         first_success_step=attacked.first_success,
+        epsilon=epsilon,
+        norm=norm,
     )
     summary = summarize(per_image)
 
@@ -313,12 +383,14 @@ def _run(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> 
         targets=targets,
         clean_logits=clean_logits,
         adv_logits=attacked.logits,
-        success=attacked.success,
+        success=per_image["success"],
         first_success_step=attacked.first_success,
         loss_trace=attacked.loss_trace,
         class_names=class_names,
-        extra={"sources": plan.sources.cpu()}
+        extra={"sources": plan.sources.cpu(), "goal_met": attacked.success.cpu()}
         | ({"datum_loss_trace": attacked.datum_trace.cpu()} if attacked.datum_trace is not None else {}),
+        epsilon=epsilon,
+        norm=norm,
     )
     write_per_image_csv(output_dir, per_image, class_names)
     planned = full_plan.images.shape[0]
@@ -344,16 +416,16 @@ def _run(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> 
             "num_classes": model.info.num_classes,
         },
         "data": {"name": data.name, "split": data.split, "n_sources": len(data)},
+        "budget": {"norm": norm, "epsilon": epsilon, "reachable_norm": reachable},
         "mode": job.mode,
         "seconds": round(seconds, 2),
         "figures": figures,
     }
     metrics_path = write_metrics(output_dir, summary, config=dict(cfg), overrides=list(overrides), extra=extra)
-    rate = summary.get("attack_success_rate")
     log.info(
-        "done in %.1f s: success rate %s, median L0 %s pixels; metrics in %s",
+        "done in %.1f s: %s, median L0 %s pixels; metrics in %s",
         seconds,
-        f"{rate:.3f}" if rate is not None else "n/a",
+        _rates_text(summary),
         summary.get("l0_pixels", {}).get("median"),
         metrics_path.resolve(),
     )

@@ -19,12 +19,14 @@ from ..errors import SettingError
 from ..jobs.errors import ConfigError, config_key, typed_override
 from ..jobs.hydra_app import hydra_main
 from ..jobs.rundir import RunDirectory
+from ..jobs.schema import check_settings
 from ..models import build_model, load_checkpoint, load_pretrained, save_checkpoint
 from ..perturbations.attacks import Attack
+from ..perturbations.ensemble import AttackEnsemble
 from ..runtime import select_device, set_threads
 from .adversarial import TrainingRecipe, adversarial_train
-from .evaluation import evaluate
-from .schema import EvaluateSettings, TrainSettings, check_job_settings
+from .evaluation import EvalAttack, evaluate
+from .schema import EnsembleEntrySettings, EvaluateSettings, TrainSettings, check_job_settings
 
 __all__ = [
     "training_attack",
@@ -102,13 +104,38 @@ def training_attack(settings: Mapping[str, Any]) -> Attack | None:
     return Attack(optimizer, epsilon=float(epsilon), steps=steps, lr=lr, options=options, random_init=norm)
 
 
-def eval_attacks(settings: Mapping[str, Mapping[str, Any]] | None, overrides: Sequence[str] = ()) -> dict[str, Attack]:
+def _is_ensemble(entry: Any) -> bool:
+    return isinstance(entry, Mapping) and "ensemble" in entry
+
+
+def eval_attacks(settings: Mapping[str, Mapping[str, Any]] | None, overrides: Sequence[str] = ()) -> dict[str, EvalAttack]:
     """Named attacks of an ``eval_attacks`` config group (see configs/training/eval_attacks/).
 
-    A bad entry is a :class:`ConfigError` naming ``eval_attacks.<name>.<key>``.
+    An entry is an :class:`Attack` (its fields), or an ensemble: ``{ensemble:
+    [names of other entries]}`` (or inline members, ``{ensemble: {name:
+    attack settings}}``), the worst case over those attacks
+    (:class:`~rai_probe.perturbations.ensemble.AttackEnsemble`). Entries keep
+    their order. A bad entry is a :class:`ConfigError` naming
+    ``eval_attacks.<name>.<key>``.
+
+    Examples
+    --------
+    >>> attacks = eval_attacks({
+    ...     "pgd": {"optimizer": "L1ProjectedOptim", "epsilon": 10.0, "options": {"q": 0.99}},
+    ...     "fw": {"optimizer": "L1qFrankWolfe", "epsilon": 10.0, "options": {"q": 0.99}},
+    ...     "worst": {"ensemble": ["pgd", "fw"]}})
+    >>> list(attacks), attacks["worst"].names, attacks["worst"].attacks["fw"] == attacks["fw"]
+    (['pgd', 'fw', 'worst'], ('pgd', 'fw'), True)
+    >>> eval_attacks({"worst": {"ensemble": ["pgd"]}})
+    Traceback (most recent call last):
+    ...
+    rai_probe.jobs.errors.ConfigError: eval_attacks.worst: unknown member 'pgd' in `ensemble`; the attacks of this group are: none. Fix it with the override `eval_attacks.worst.ensemble=...`.
     """
-    attacks = {}
-    for name, entry in (settings or {}).items():
+    attacks: dict[str, Attack] = {}
+    entries = dict(settings or {})
+    for name, entry in entries.items():
+        if _is_ensemble(entry):
+            continue
         where = f"eval_attacks.{name}"
         known = tuple(entry) if isinstance(entry, Mapping) else ()
         options = {key: f"{where}.options.{key}" for key in ((entry or {}).get("options") or {})} if known else {}
@@ -118,7 +145,26 @@ def eval_attacks(settings: Mapping[str, Mapping[str, Any]] | None, overrides: Se
             if not isinstance(error, SettingError):
                 error = SettingError(str(error))
             raise ConfigError.from_setting_error(error, config_key(where, error, known, options), overrides) from None
-    return attacks
+    ensembles = {name: _eval_ensemble(name, entry, attacks, overrides)
+                 for name, entry in entries.items() if _is_ensemble(entry)}
+    return {name: attacks[name] if name in attacks else ensembles[name] for name in entries}
+
+
+def _eval_ensemble(name: str, entry: Mapping[str, Any], attacks: Mapping[str, Attack],
+                   overrides: Sequence[str]) -> AttackEnsemble:
+    """The ensemble entry ``name`` of an ``eval_attacks`` group, its members looked up among ``attacks``."""
+    where = f"eval_attacks.{name}"
+    try:
+        check_settings(entry, EnsembleEntrySettings, prefix=where)
+    except SettingError as error:
+        raise ConfigError.from_setting_error(error, error.setting or where, overrides) from None
+    try:
+        return AttackEnsemble.from_dict(entry, where=where, named=attacks)
+    except (TypeError, ValueError) as error:
+        if not isinstance(error, SettingError):
+            error = SettingError(str(error))
+        key = f"{where}.{error.setting}" if error.setting else where
+        raise ConfigError.from_setting_error(error, key, overrides) from None
 
 
 def _dataset_kwargs(cfg: Mapping[str, Any], split: str) -> dict[str, Any]:
@@ -269,6 +315,9 @@ def _train(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -
     write_json(output_dir / "metrics.json", {"status": "complete", **report})
     robust = ", ".join(f"{k} {v:.3f}" for k, v in report["robust_accuracy"].items())
     log.info("clean accuracy %.4f; robust accuracy: %s", report["clean_accuracy"], robust or "n/a")
+    for name, details in report.get("ensembles", {}).items():
+        log.info("robust accuracy %s:", name)
+        _log_ensemble(details)
     log.info("checkpoint: %s", checkpoint.resolve())
     return report
 
@@ -342,7 +391,22 @@ def _evaluate(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]
             value,
             recorded.get("robust_accuracy", {}).get(name),
         )
+        if name in report.get("ensembles", {}):
+            _log_ensemble(report["ensembles"][name])
     return report
+
+
+def _log_ensemble(details: Mapping[str, Any]) -> None:
+    """The per-member lines under an ensemble's robust accuracy: what was left robust after each member."""
+    log.info("  worst case of %s, run in this order on the images still robust:", ", ".join(details["members"]))
+    for member in details["members"]:
+        log.info(
+            "    after %s: %.4f robust (%s broke %.4f of the images)",
+            member,
+            details["robust_accuracy_after"][member],
+            member,
+            details["broken_by"][member],
+        )
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,9 @@ Checked strictly, before anything is loaded, by
 :func:`~rai_probe.jobs.schema.check_settings` (see there for the rules: a
 boolean is a real ``true``/``false``, a number a finite number in range, no
 unknown keys). The attacks of ``eval_attacks`` are checked by
-:meth:`~rai_probe.perturbations.Attack.from_dict`.
+:meth:`~rai_probe.perturbations.Attack.from_dict`; its ensemble entries
+(``{ensemble: [names...]}``) against :class:`EnsembleEntrySettings`, then by
+:meth:`~rai_probe.perturbations.ensemble.AttackEnsemble.from_dict`.
 
 Examples
 --------
@@ -17,11 +19,26 @@ rai_probe.jobs.errors.ConfigError: `epochs` must be an integer >= 1; got '20' (a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Optional, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
 from ..jobs.schema import check_job_settings, setting
 
-__all__ = ["TrainAttackSettings", "TrainSettings", "EvaluateSettings", "check_job_settings"]
+__all__ = ["TrainAttackSettings", "TrainSettings", "EvaluateSettings", "EnsembleEntrySettings", "check_job_settings"]
+
+
+@dataclass
+class EnsembleEntrySettings:
+    """An ``eval_attacks`` entry measuring the worst case over other entries (``ensemble: [l1_eps10, ...]``).
+
+    ``ensemble`` lists the names of other entries of the group (attacks of
+    one threat model, run in that order), or maps member names to attack
+    settings (inline members, as recorded in a checkpoint's metrics).
+    ``run_all`` runs every member on every image (same robust accuracy, more
+    cost).
+    """
+
+    ensemble: Union[list[str], dict[str, Any]] = setting()
+    run_all: bool = False
 
 
 @dataclass
