@@ -123,12 +123,12 @@ def test_evaluate_refuses_a_payload_checkpoint_in_one_paragraph(tmp_path):
     ],
 )
 def test_every_setting_is_type_checked_before_anything_loads(tmp_path, changes, override, monkeypatch):
-    from rai_probe.probing import run as run_module
+    from rai_probe.probing import job as job_module
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the settings were checked")
 
-    monkeypatch.setattr(run_module, "model_from_config", no_model)
+    monkeypatch.setattr(job_module, "model_from_config", no_model)
     with pytest.raises(ConfigError) as caught:
         run_probe(base_config(**changes), tmp_path / "job")
     assert caught.value.override == override, str(caught.value)

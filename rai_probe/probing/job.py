@@ -1,0 +1,147 @@
+"""The first stages of a probe job: its checked settings (:class:`ProbeJob`), then its model and images.
+
+:func:`checked_job` checks every setting that can be checked without
+loading anything; :func:`load_inputs` loads the model, checks the attack's
+shape-dependent options against its input and warns when the attack cannot
+spend its budget, then loads the images.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..data import ImageDataset
+from ..jobs.errors import typed_override
+from ..models import NormalizedModel
+from ..perturbations.attacks import Attack
+from ..perturbations.ensemble import attack_norm
+from ..runtime import select_device, set_threads
+from .schema import check_probe_settings
+from .settings import ProbeConfigError, attack_from_config, check_attack_shape, data_from_config, model_from_config
+
+__all__ = ["ProbeJob", "ProbeInputs", "checked_job", "load_inputs"]
+
+log = logging.getLogger("rai_probe.probing.run")
+
+
+@dataclass
+class ProbeJob:
+    """The checked settings of one probe job (nothing loaded yet)."""
+
+    cfg: Mapping[str, Any]
+    overrides: Sequence[str]
+    n_images: int
+    batch_size: int
+    seed: int
+    device: torch.device
+    mode: dict
+    targeted: bool
+    attack: Attack
+    progress: bool
+    max_grids: int
+    images_per_grid: int
+
+
+@dataclass
+class ProbeInputs:
+    """The model, the source images and what the attack can reach on them."""
+
+    model: NormalizedModel
+    data: ImageDataset
+    class_names: list[str]
+    reachable: float | None
+
+
+def checked_job(cfg: Mapping[str, Any], overrides: Sequence[str]) -> ProbeJob:
+    """Every setting that can be checked without loading anything, checked."""
+    if cfg.get("attack") is None:
+        raise ProbeConfigError("no attack chosen", typed_override("+attack", overrides))
+    check_probe_settings(cfg, overrides)
+    try:
+        set_threads(cfg.get("threads"))
+    except ValueError as error:
+        raise ProbeConfigError(str(error), typed_override("threads", overrides)) from None
+    try:
+        device = select_device(cfg.get("device", "cpu"))
+    except ValueError as error:
+        raise ProbeConfigError(str(error), typed_override("device", overrides)) from None
+    mode = dict(cfg.get("mode") or {})
+    targeted = mode.get("targeted", False)
+    figures = dict(cfg.get("figures") or {})
+    return ProbeJob(
+        cfg=cfg,
+        overrides=overrides,
+        n_images=cfg.get("n_images", 16),
+        batch_size=cfg.get("batch_size", 64),
+        seed=cfg.get("seed", 0),
+        device=device,
+        mode=mode,
+        targeted=targeted,
+        attack=attack_from_config(cfg["attack"], targeted=targeted, overrides=overrides),
+        progress=cfg.get("progress", True),
+        max_grids=figures.get("max_grids", 4),
+        images_per_grid=figures.get("images_per_grid", 8),
+    )
+
+
+def reachable_norm(attack: Attack, image_shape: Sequence[int]) -> float | None:
+    """The largest norm any iterate of ``attack`` can reach on images of ``image_shape``, when the attack can say.
+
+    Asks ``Attack.reachable_norm(data_shape, data_range)`` (``data_shape``:
+    one image, ``(1, C, H, W)``); ``None`` when the attack has no such query
+    or says its iterates are unbounded (``None`` or infinity).
+    """
+    query = getattr(attack, "reachable_norm", None)
+    if not callable(query):
+        return None
+    reachable = query((1, *image_shape), attack.data_range)
+    if reachable is None:
+        return None
+    reachable = float(reachable)
+    return reachable if reachable < float("inf") else None
+
+
+def warn_if_budget_unspendable(attack: Attack, image_shape: Sequence[int], reachable: float | None) -> None:
+    """One log warning when no iterate of ``attack`` can reach its ε (``reachable``: the largest norm one can)."""
+    if reachable is None or reachable >= attack.epsilon * (1 - 1e-6):
+        return
+    norm = {"l1": "an L1", "l2": "an L2", "linf": "an L∞"}.get(attack_norm(attack) or "", "a")
+    q = attack.options.get("q")
+    log.warning(
+        "attack.epsilon=%g cannot be spent: %s%s on %s images in data_range %s reaches at most %s norm of %.4g, "
+        "so budget_used stays <= %.3f (lower attack.q to keep more entries per step, or lower attack.epsilon)",
+        attack.epsilon,
+        attack.optimizer,
+        f" (q={q:g})" if isinstance(q, (int, float)) and not isinstance(q, bool) else "",
+        "x".join(map(str, image_shape)),
+        list(attack.data_range) if attack.data_range is not None else "unbounded",
+        norm,
+        reachable,
+        reachable / attack.epsilon,
+    )
+
+
+def load_inputs(job: ProbeJob) -> ProbeInputs:
+    """Load the model, check the attack against its input shape, then load the images."""
+    cfg, overrides = job.cfg, job.overrides
+    model = model_from_config(cfg["model"], job.device, overrides)
+    shape = tuple(model.info.input_shape)
+    check_attack_shape(job.attack, cfg["attack"], shape, overrides)
+    reachable = reachable_norm(job.attack, shape)
+    warn_if_budget_unspendable(job.attack, shape, reachable)
+    data = data_from_config(cfg["data"], model, n_images=job.n_images, seed=job.seed, overrides=overrides)
+    if not job.targeted and not data.labeled and cfg["data"].get("name") in ("noise", "gray"):
+        raise ProbeConfigError(
+            f"data={cfg['data']['name']} gives seeds without labels, which only make sense as "
+            "starting points of a targeted probe: add mode=probe",
+            typed_override("mode", overrides),
+        )
+    class_names = list(model.info.class_names)
+    default_names = [str(i) for i in range(model.info.num_classes)]
+    if class_names == default_names and len(data.class_names) == len(class_names):
+        class_names = list(data.class_names)  # e.g. a CIFAR-10 checkpoint that records no names
+    return ProbeInputs(model=model, data=data, class_names=class_names, reachable=reachable)
