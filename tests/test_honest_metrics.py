@@ -175,7 +175,7 @@ def test_saved_budget_recomputes_the_summary_exactly(tmp_path):
     lines = write_per_image_csv(tmp_path, per_image, None).read_text().splitlines()
     header = lines[0].split(",")
     assert header[-1] == "budget_used" and header.index("clean_correct") == header.index("success") - 1
-    assert [line.split(",")[header.index("clean_correct")] for line in lines[1:]] == ["True", "True", "False"]
+    assert [line.split(",")[header.index("clean_correct")] for line in lines[1:]] == ["true", "true", "false"]
     back = read_per_image_csv(tmp_path)
     assert back["clean_correct"].dtype == torch.bool and torch.equal(back["budget_used"], per_image["budget_used"])
 

@@ -326,3 +326,25 @@ def test_job_status(tmp_path):
     assert (tmp_path / ERROR_FILE).read_text().startswith("ValueError: epsilon")
     write_metrics(tmp_path, {}, config={}, overrides=[])
     assert job_status(tmp_path) == "complete"
+
+
+def test_csv_has_one_missing_value_convention_and_lowercase_booleans(tmp_path):
+    """Unknown labels/targets and never-successful steps are empty cells (not -1); booleans true/false."""
+    import csv
+
+    from rai_probe.probing.artifacts import read_per_image_csv, write_per_image_csv
+    from rai_probe.probing.metrics import per_image_metrics
+
+    per_image = per_image_metrics(
+        torch.zeros(2, 1, 1, 2), torch.ones(2, 1, 1, 2), clean_logits=torch.eye(2), adv_logits=torch.eye(2).flip(1),
+        labels=torch.tensor([-1, 1]), success=torch.tensor([True, False]), first_success_step=torch.tensor([3, -1]),
+    )
+    path = write_per_image_csv(tmp_path, per_image, ["a", "b"])
+    rows = list(csv.DictReader(path.open()))
+    assert [row["label"] for row in rows] == ["", "1"] and [row["label_name"] for row in rows] == ["", "b"]
+    assert [row["target"] for row in rows] == ["", ""]
+    assert [row["steps_to_success"] for row in rows] == ["3", ""]
+    assert {row["success"] for row in rows} <= {"true", "false"}
+    assert "-1" not in path.read_text().replace(",-1.", ",x.")  # no -1 sentinel anywhere (floats aside)
+    back = read_per_image_csv(path)
+    assert back["label"].tolist() == [-1, 1] and back["steps_to_success"].tolist() == [3, -1]

@@ -103,6 +103,8 @@ _NAME_COLUMNS = {
 _INT_KEYS = frozenset({"index", "label", "target", "clean_pred", "adv_pred", "steps_to_success",
                        "l0_pixels", "l0_elements"})
 _BOOL_KEYS = frozenset({"success", "clean_correct"})
+#: Integer columns whose -1 means "none / unknown": written as an empty cell, the CSV's one missing value.
+_OPTIONAL_INT_KEYS = frozenset({"label", "target", "steps_to_success"})
 
 
 # --------------------------------------------------------------------------- #
@@ -376,9 +378,9 @@ def _csv_columns() -> list[str]:
 
 def _format(key: str, value: Any) -> str:
     if key in _BOOL_KEYS:
-        return "True" if value else "False"
+        return "true" if value else "false"
     if key in _INT_KEYS:
-        return str(int(value))
+        return "" if key in _OPTIONAL_INT_KEYS and int(value) < 0 else str(int(value))
     value = float(value)
     return repr(value) if math.isfinite(value) else ""  # NaN: an empty cell
 
@@ -390,9 +392,11 @@ def write_per_image_csv(
 
     Columns are :data:`~rai_probe.probing.metrics.PER_IMAGE_KEYS` in order,
     each class-index column (``label``, ``target``, ``clean_pred``,
-    ``adv_pred``) followed by its class name (``label_name`` ...; empty for
-    -1). Floats are written with full precision, NaN as an empty cell,
-    ``clean_correct`` and ``success`` as ``True`` / ``False``.
+    ``adv_pred``) followed by its class name (``label_name`` ...). One
+    missing-value convention: an empty cell, for an unknown label or target,
+    a ``steps_to_success`` of an image that never succeeded (``-1`` in the
+    tensors) and a NaN float. Floats are written with full precision,
+    ``clean_correct`` and ``success`` as ``true`` / ``false``.
 
     Examples
     --------
@@ -406,8 +410,8 @@ def write_per_image_csv(
     ...     lines = write_per_image_csv(tmp, per_image, ["cat", "dog"]).read_text().splitlines()
     >>> lines[0][:46]
     'index,label,label_name,target,target_name,clea'
-    >>> lines[1][:30]
-    '0,0,cat,-1,,0,cat,0.7310585786'
+    >>> lines[1][:28]
+    '0,0,cat,,,0,cat,0.7310585786'
     """
     directory = _directory(out_dir, create=True)
     missing = [key for key in PER_IMAGE_KEYS if key not in per_image]
@@ -476,9 +480,9 @@ def read_per_image_csv(path_or_dir: str | os.PathLike) -> dict[str, Tensor]:
     for key in PER_IMAGE_KEYS:
         cells = [row[key] for row in rows]
         if key in _BOOL_KEYS:
-            out[key] = torch.tensor([cell == "True" for cell in cells], dtype=torch.bool)
+            out[key] = torch.tensor([cell.lower() == "true" for cell in cells], dtype=torch.bool)
         elif key in _INT_KEYS:
-            out[key] = torch.tensor([int(cell) for cell in cells], dtype=torch.int64)
+            out[key] = torch.tensor([int(cell) if cell else -1 for cell in cells], dtype=torch.int64)
         else:
             out[key] = torch.tensor([float(cell) if cell else math.nan for cell in cells], dtype=torch.float64)
     return out
