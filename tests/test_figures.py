@@ -73,10 +73,43 @@ def test_grayscale_grid_has_a_signed_row_and_heat(tmp_path):
     assert array.shape[0] > rgb.shape[0]  # four rows against three
 
 
-def test_zero_perturbation_draws_no_heat(tmp_path):
+COLOR_BAR_PX = 80  # the colour bars sit in the right margin (0.75 in at 100 dpi)
+
+
+@pytest.mark.parametrize("change", [0.0, 1e-7, 1e-4])
+def test_zero_and_near_zero_perturbations_draw_no_saturated_heat(tmp_path, change):
+    """A near-zero change is drawn faint (the colour limit is at least one gray level), never saturated."""
     images, _ = _batch(3)
-    array = _pixels(_grid(tmp_path / "zero.png", images, images.clone(), labels=torch.tensor([0, 1, 2])))
-    assert _reddish(array) == 0
+    xadv = images + change
+    array = _pixels(_grid(tmp_path / "zero.png", images, xadv, labels=torch.tensor([0, 1, 2])))
+    assert _reddish(array[:, :-COLOR_BAR_PX]) == 0
+
+
+def test_heatmaps_share_one_scale_with_a_color_bar(tmp_path):
+    from rai_probe.probing.figures import MIN_COLOR_LIMIT, color_limit
+
+    assert color_limit(np.array([0.0, -0.3, 0.2])) == 0.3 and color_limit(np.zeros(3)) == MIN_COLOR_LIMIT
+    images, xadv = _batch(1, n=2)
+    xadv[1] = images[1] + (xadv[1] - images[1]) * 0.02  # a 50x smaller change in the second column
+    array = _pixels(_grid(tmp_path / "shared.png", images, xadv, labels=torch.tensor([0, 1])))
+    width = array.shape[1] - COLOR_BAR_PX
+    left, right = array[:, : width // 2], array[:, width // 2 : width]
+    assert _reddish(left) > 10 and _reddish(right) == 0  # on one scale the small change is faint
+    assert _reddish(array[:, -COLOR_BAR_PX:]) > 10  # the colour bar shows the scale
+
+
+def test_batch_grid_marks_which_images_flipped(tmp_path):
+    images, xadv = _batch(1, n=2)
+    n = 2
+    path = plot_batch_grid(
+        tmp_path / "marked.png", images, xadv, labels=torch.tensor([0, 1]), clean_pred=torch.tensor([0, 1]),
+        clean_conf=torch.full((n,), 0.9), adv_pred=torch.tensor([5, 1]), adv_conf=torch.full((n,), 0.6),
+        class_names=None, success=torch.tensor([True, False]))
+    array = _pixels(path)
+    r, g, b = (array[..., k].astype(int) for k in range(3))
+    green = int(((g > 100) & (r < 90) & (b < 90)).sum())
+    assert green > 50  # the flipped image's frame
+    assert _reddish(array[:, : (array.shape[1] - COLOR_BAR_PX) // 2]) < _reddish(array[:, :-COLOR_BAR_PX])
 
 
 def test_rgb_seeds_without_labels_and_with_targets(tmp_path):
@@ -144,12 +177,24 @@ def test_class_grid_marks_failures(tmp_path):
                         targets=torch.tensor([1, 1]), class_names=names)
 
 
+def test_single_target_class_grid_is_a_grid_not_a_column(tmp_path):
+    xadv = torch.rand(16, 1, 10, 10, generator=torch.Generator().manual_seed(2)) * 0.5
+    path = plot_class_grid(tmp_path / "one.png", xadv, sources=torch.arange(16), targets=torch.full((16,), 3),
+                           class_names=[str(k) for k in range(10)], deltas=xadv - 0.25)
+    height, width, _ = _pixels(path).shape
+    assert height < 2 * width  # 8 columns x 2 blocks, not 32 rows of one column
+    tall = plot_class_grid(tmp_path / "two.png", xadv[:4], sources=torch.tensor([0, 0, 1, 1]),
+                           targets=torch.tensor([2, 3, 2, 3]), class_names=[str(k) for k in range(10)])
+    assert _pixels(tall).shape[0] > 0
+
+
 def test_sweep_pictures(tmp_path):
     panel = CurvePanel("success", {"q=0.9": ([1.0, 10.0, 100.0], [0.1, 0.5, None])}, ylim=(0, 1))
     _pixels(plot_curves(tmp_path / "curves.png", [panel, panel], xlabel="epsilon"))
     maps = [torch.rand(6, 6), None, torch.zeros(6, 6)]
     _pixels(plot_heatmap_gallery(tmp_path / "gallery.png", maps, ["a", "none", "zero"], ncols=2,
                                  failed=[False, False, True]))
+    _pixels(plot_heatmap_gallery(tmp_path / "own.png", maps, ["a", "none", "zero"], shared_scale=False))
     with pytest.raises(ValueError, match="same length"):
         plot_heatmap_gallery(tmp_path / "g.png", maps, ["a"])
 

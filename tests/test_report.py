@@ -247,3 +247,16 @@ def test_report_counts_no_clean_mistake_and_notes_an_unspendable_budget(tmp_path
     assert rows[1]["note"] == ""  # it could reach its budget
     markdown = write_report(root)["markdown"].read_text()
     assert "job 0: attack.epsilon=20 cannot be spent" in markdown
+
+
+def test_gallery_shows_an_image_that_succeeded_in_every_job():
+    import torch
+
+    from rai_probe.probing.report import _common_success, _gallery_image
+
+    a = {"success": torch.tensor([False, True, True, False])}
+    b = {"success": torch.tensor([True, False, True, True])}
+    assert _common_success([a, b]) == 2
+    assert _common_success([a, {"success": torch.tensor([True, False, False, False])}]) is None
+    assert _common_success([a, {"success": torch.tensor([True])}]) is None  # different images
+    assert _gallery_image(a["success"], None) == 1 and _gallery_image(torch.tensor([False]), None) == 0

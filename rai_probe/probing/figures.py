@@ -57,6 +57,9 @@ __all__ = [
     "plot_curves",
     "plot_heatmap_gallery",
     "MAX_BATCH_GRIDS",
+    "NEGLIGIBLE",
+    "MIN_COLOR_LIMIT",
+    "color_limit",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,13 @@ MAX_BATCH_GRIDS = 10
 _HEAT_CMAP = "hot"
 _SIGNED_CMAP = "RdBu_r"
 _FAIL_COLOR = "tab:red"
+_SUCCESS_COLOR = "tab:green"
 _DPI = 100
+#: |δ| below this is drawn as no change (transparent): rounding noise, not a perturbation.
+NEGLIGIBLE = 1e-6
+#: The smallest colour limit of a heatmap: one gray level of an 8-bit image. A scale set by the
+#: largest change alone would draw a near-zero perturbation as saturated squares.
+MIN_COLOR_LIMIT = 1.0 / 255
 #: Luminance weights (ITU-R BT.601) turning RGB into the gray under a heatmap.
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -169,6 +178,7 @@ def _image_grid(
     heading_lines: int,
     column_title_lines: int = 0,
     left: float = 0.35,
+    right: float = 0.1,
     min_width: float = 3.2,
 ) -> tuple[Figure, np.ndarray]:
     """A figure of ``rows x cols`` square image axes, margins fixed in inches.
@@ -182,7 +192,7 @@ def _image_grid(
     line = 0.17  # inches per line of 8-point text, with leading
     gap_w, gap_h = 0.1, 0.08 + line * title_lines
     top = 0.1 + line * 1.3 * heading_lines + line * max(title_lines, column_title_lines)
-    bottom, right = 0.1, 0.1
+    bottom = 0.1
     width = left + cols * cell + (cols - 1) * gap_w + right
     if width < min_width:  # room for the heading: widen the right margin
         right += min_width - width
@@ -225,18 +235,58 @@ def _show_image(ax, image: np.ndarray) -> None:
     _bare(ax)
 
 
-def _show_overlay(ax, gray: np.ndarray, values: np.ndarray, *, signed: bool) -> float:
-    """``values`` over a faded ``gray`` image; zeros stay transparent. Returns the colour limit."""
+def color_limit(values: np.ndarray | Tensor) -> float:
+    """The colour limit of heatmaps of ``values``: their largest magnitude, at least :data:`MIN_COLOR_LIMIT`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> color_limit(np.array([0.0, -0.5, 0.2])), color_limit(np.array([1e-7])) == MIN_COLOR_LIMIT
+    (0.5, True)
+    """
+    array = _numpy(values) if isinstance(values, Tensor) else np.asarray(values)
+    top = float(np.abs(array).max()) if array.size else 0.0
+    return max(top, MIN_COLOR_LIMIT)
+
+
+def _opacity(values: np.ndarray, limit: float) -> np.ndarray:
+    """Per-pixel opacity of an overlay: 0 for a negligible change, rising with ``|value| / limit``.
+
+    Small changes fade into the image under them instead of showing as dark
+    (or, signed, white) squares; every change above :data:`NEGLIGIBLE` stays
+    visible (at least a quarter opaque).
+    """
+    magnitude = np.abs(values)
+    return np.where(magnitude < NEGLIGIBLE, 0.0, 0.25 + 0.75 * np.clip(magnitude / limit, 0.0, 1.0))
+
+
+def _show_overlay(ax, gray: np.ndarray, values: np.ndarray, *, signed: bool, limit: float | None = None):
+    """``values`` over a faded ``gray`` image; negligible changes stay transparent.
+
+    ``limit`` (default :func:`color_limit` of ``values``) sets the colour
+    scale, so heatmaps drawn with one limit compare; the opacity follows the
+    size of the change (:func:`_opacity`). Returns the image the colour bar
+    describes.
+    """
     ax.imshow(0.25 + 0.5 * gray, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    limit = float(np.abs(values).max()) if values.size else 0.0
-    if limit > 0:
-        masked = np.ma.masked_equal(values, 0.0)
-        if signed:
-            ax.imshow(masked, cmap=_SIGNED_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
-        else:
-            ax.imshow(masked, cmap=_HEAT_CMAP, vmin=0.0, vmax=limit, interpolation="nearest")
+    limit = color_limit(values) if limit is None else limit
+    alpha = _opacity(values, limit)
+    if signed:
+        shown = ax.imshow(values, cmap=_SIGNED_CMAP, vmin=-limit, vmax=limit, alpha=alpha, interpolation="nearest")
+    else:
+        shown = ax.imshow(values, cmap=_HEAT_CMAP, vmin=0.0, vmax=limit, alpha=alpha, interpolation="nearest")
     _bare(ax)
-    return limit
+    return shown
+
+
+def _color_bar(figure: Figure, shown, axes_row: Sequence, label: str) -> None:
+    """A colour bar for ``shown``, to the right of the last axes of ``axes_row``, as tall as the row."""
+    last = axes_row[-1].get_position()
+    width = figure.get_figwidth()
+    cax = figure.add_axes((last.x1 + 0.08 / width, last.y0, 0.08 / width, last.height))
+    bar = figure.colorbar(shown, cax=cax)
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label(label, fontsize=7)
 
 
 def _frame(ax, color: str) -> None:
@@ -262,15 +312,20 @@ def plot_batch_grid(
     targets: Tensor | None = None,
     max_images: int = 8,
     title: str | None = None,
+    success: Tensor | None = None,
 ) -> Path:
     """Draw originals, perturbed images and their perturbation heatmaps, one column per image.
 
     Rows: the original (title: true label, clean prediction and its
     confidence); the perturbed image (adversarial prediction and confidence,
-    and the target when there is one); ``|δ|`` summed over channels, over the
-    faded grayscale original (zeros transparent, colour scale per image, its
-    maximum in the title); for grayscale images also the signed ``δ``
-    (diverging colours, limits ``±max|δ|``).
+    the target when there is one, and with ``success`` whether the attack
+    succeeded: "✓ flipped" framed green, "✗ not flipped" framed red);
+    ``|δ|`` summed over channels, over the faded grayscale original; for
+    grayscale images also the signed ``δ`` (diverging colours). The heatmaps
+    of a grid share one colour scale (:func:`color_limit` over its images),
+    shown by a colour bar per row, so columns compare; each column's title
+    gives its own largest change, and changes below :data:`NEGLIGIBLE` are
+    not drawn.
 
     Parameters
     ----------
@@ -290,6 +345,8 @@ def plot_batch_grid(
     max_images : int, optional (default=8)
         Only the first ``max_images`` images are drawn (the title says so).
     title : str, optional
+    success : Tensor of bool, shape-(N,), optional
+        Whether each image's attack succeeded (it "flipped").
 
     Returns
     -------
@@ -324,6 +381,7 @@ def plot_batch_grid(
     adv_pred_np = _vector("adv_pred", adv_pred, n)
     clean_conf_np = _vector("clean_conf", clean_conf, n, floating=True)
     adv_conf_np = _vector("adv_conf", adv_conf, n, floating=True)
+    success_np = None if success is None else _vector("success", success, n).astype(bool)
 
     shown = min(n, max_images)
     delta = (xadv[:shown].detach() - images[:shown].detach()).to("cpu", torch.float32)
@@ -338,7 +396,15 @@ def plot_batch_grid(
     heading = [title] if title else []
     if shown < n:
         heading.append(f"first {shown} of {n} images shown")
-    figure, axes = _image_grid(rows, shown, cell=1.7, title_lines=2, heading_lines=len(heading))
+    if success_np is not None:
+        heading.append(f"{int(success_np[:shown].sum())} of {shown} shown flipped (✓ green, ✗ red)")
+    figure, axes = _image_grid(
+        rows, shown, cell=1.7, title_lines=3 if success_np is not None else 2, heading_lines=len(heading),
+        right=0.75,
+    )
+    heat_limit = color_limit(heat)
+    signed_limit = color_limit(signed) if signed is not None else None
+    heat_image = signed_image = None
     for col in range(shown):  # drawing: one column per image
         label = _name(int(labels_np[col]), class_names)
         _show_image(axes[0, col], originals[col])
@@ -350,12 +416,19 @@ def plot_batch_grid(
         text = f"adv: {_name(int(adv_pred_np[col]), class_names)} ({adv_conf_np[col]:.2f})"
         if targets_np[col] >= 0:
             text += f"\ntarget: {_name(int(targets_np[col]), class_names)}"
+        if success_np is not None:
+            flipped = bool(success_np[col])
+            text += "\n✓ flipped" if flipped else "\n✗ not flipped"
+            _frame(axes[1, col], _SUCCESS_COLOR if flipped else _FAIL_COLOR)
         axes[1, col].set_title(text, fontsize=8)
-        limit = _show_overlay(axes[2, col], gray[col], heat[col], signed=False)
-        axes[2, col].set_title(f"max {limit:.3g}", fontsize=8)
+        heat_image = _show_overlay(axes[2, col], gray[col], heat[col], signed=False, limit=heat_limit)
+        axes[2, col].set_title(f"max {float(np.abs(heat[col]).max()):.3g}", fontsize=8)
         if signed is not None:
-            limit = _show_overlay(axes[3, col], gray[col], signed[col], signed=True)
-            axes[3, col].set_title(f"±{limit:.3g}", fontsize=8)
+            signed_image = _show_overlay(axes[3, col], gray[col], signed[col], signed=True, limit=signed_limit)
+            axes[3, col].set_title(f"±{float(np.abs(signed[col]).max()):.3g}", fontsize=8)
+    _color_bar(figure, heat_image, axes[2], "|δ|")
+    if signed_image is not None:
+        _color_bar(figure, signed_image, axes[3], "δ")
     row_names = ["original", "perturbed", "|δ| (sum over channels)", "δ (signed)"][:rows]
     for row, name in enumerate(row_names):
         axes[row, 0].set_ylabel(name, fontsize=8)
@@ -379,6 +452,7 @@ def save_batch_grids(
     targets: Tensor | None = None,
     max_images: int = 8,
     max_grids: int = MAX_BATCH_GRIDS,
+    success: Tensor | None = None,
 ) -> list[Path]:
     """One :func:`plot_batch_grid` per batch: ``out_dir/figures/batch_000.png``, ``batch_001.png``, ...
 
@@ -437,6 +511,7 @@ def save_batch_grids(
                 targets=part(targets, start, stop),
                 max_images=max_images,
                 title=f"batch {batch}: images {start}–{stop - 1}",
+                success=part(success, start, stop),
             )
         )
     return paths
@@ -517,6 +592,7 @@ def plot_class_grid(
     success: Tensor | None = None,
     max_sources: int = 16,
     max_targets: int = 20,
+    wrap: int = 8,
 ) -> Path:
     """Probe mode: one row per source image (or seed), one column per target class.
 
@@ -525,10 +601,13 @@ def plot_class_grid(
     order) and the column of ``targets[i]`` (the distinct targets in
     increasing order, titled with their class names). With ``deltas``, each
     source gets a second row with the ``|δ|`` heatmaps over the perturbed
-    images. With ``success``, failed entries are framed in red and marked
-    ``✗``. Cells of missing (source, target) pairs stay empty. Only the first
-    ``max_sources`` sources and ``max_targets`` targets are drawn (the title
-    says so).
+    images, all on one colour scale with a colour bar. With ``success``,
+    failed entries are framed in red and marked ``✗``. Cells of missing
+    (source, target) pairs stay empty. Only the first ``max_sources``
+    sources and ``max_targets`` targets are drawn (the title says so). With a
+    single target class the sources are wrapped into a grid of up to
+    ``wrap`` columns (each cell titled with its source) instead of one tall
+    column.
 
     Raises
     ------
@@ -575,27 +654,42 @@ def plot_class_grid(
         heat = _numpy(heatmap(deltas[torch.as_tensor(keep)]))
         gray = _gray(xadv[torch.as_tensor(keep)])
     per_source = 2 if deltas is not None else 1
-    rows, cols = len(row_ids) * per_source, len(col_ids)
+    single = len(col_ids) == 1  # one target: wrap the sources into a grid, one source per cell
+    if single:
+        cols = min(len(row_ids), wrap)
+        blocks = math.ceil(len(row_ids) / cols)
+    else:
+        cols, blocks = len(col_ids), len(row_ids)
+    rows = blocks * per_source
 
-    heading = ["toward each target class"]
+    heading = [f"toward class {_name(int(col_ids[0]), class_names)}" if single else "toward each target class"]
     if success_np is not None:
         heading.append(f"{int(success_np[keep].sum())}/{keep.size} succeeded (✗: failed)")
     if len(row_ids) < len(all_sources) or len(col_ids) < len(all_targets):
         heading.append(f"showing {len(row_ids)}/{len(all_sources)} sources, {len(col_ids)}/{len(all_targets)} targets")
     figure, axes = _image_grid(
-        rows, cols, cell=1.4, title_lines=0, column_title_lines=1, heading_lines=len(heading)
+        rows, cols, cell=1.4, title_lines=1 if single else 0, column_title_lines=0 if single else 1,
+        heading_lines=len(heading), right=0.75 if heat is not None else 0.1,
     )
     for ax in axes.flat:
         _bare(ax)
         ax.set_frame_on(False)
     row_of = {int(s): k for k, s in enumerate(row_ids)}
     col_of = {int(t): k for k, t in enumerate(col_ids)}
+
+    def cell(source: int, target: int) -> tuple[int, int]:
+        k = row_of[source]
+        return ((k // cols) * per_source, k % cols) if single else (k * per_source, col_of[target])
+
+    limit = color_limit(heat) if heat is not None else None
+    heat_image = None
     for slot, entry in enumerate(keep):  # drawing: one cell per shown entry
-        row = row_of[int(sources_np[entry])] * per_source
-        col = col_of[int(targets_np[entry])]
+        row, col = cell(int(sources_np[entry]), int(targets_np[entry]))
         ax = axes[row, col]
         ax.set_frame_on(True)
         _show_image(ax, perturbed[slot])
+        if single:
+            ax.set_title(f"source {int(sources_np[entry])}", fontsize=8)
         failed = success_np is not None and not success_np[entry]
         if failed:
             _frame(ax, _FAIL_COLOR)
@@ -604,15 +698,23 @@ def plot_class_grid(
         if heat is not None:
             below = axes[row + 1, col]
             below.set_frame_on(True)
-            _show_overlay(below, gray[slot], heat[slot], signed=False)
+            heat_image = _show_overlay(below, gray[slot], heat[slot], signed=False, limit=limit)
             if failed:
                 _frame(below, _FAIL_COLOR)
-    for k, target in enumerate(col_ids):
-        axes[0, k].set_title(f"→ {_name(int(target), class_names)}", fontsize=9)
-    for k, source in enumerate(row_ids):
-        axes[k * per_source, 0].set_ylabel(f"source {int(source)}", fontsize=9)
-        if heat is not None:
-            axes[k * per_source + 1, 0].set_ylabel("|δ|", fontsize=9)
+    if single:
+        for block in range(blocks):
+            axes[block * per_source, 0].set_ylabel("perturbed", fontsize=9)
+            if heat is not None:
+                axes[block * per_source + 1, 0].set_ylabel("|δ|", fontsize=9)
+    else:
+        for k, target in enumerate(col_ids):
+            axes[0, k].set_title(f"→ {_name(int(target), class_names)}", fontsize=9)
+        for k, source in enumerate(row_ids):
+            axes[k * per_source, 0].set_ylabel(f"source {int(source)}", fontsize=9)
+            if heat is not None:
+                axes[k * per_source + 1, 0].set_ylabel("|δ|", fontsize=9)
+    if heat_image is not None:
+        _color_bar(figure, heat_image, axes[per_source - 1], "|δ| (all cells)")
     figure.suptitle("\n".join(heading), fontsize=10, y=1 - 0.05 / figure.get_figheight())
     return _save(figure, path)
 
@@ -698,8 +800,13 @@ def plot_heatmap_gallery(
     row_labels: Sequence[str] | None = None,
     failed: Sequence[bool] | None = None,
     title: str | None = None,
+    shared_scale: bool = True,
 ) -> Path:
-    """A grid of ``(H, W)`` heatmaps, row-major, ``ncols`` per row, each with its own colour scale.
+    """A grid of ``(H, W)`` heatmaps, row-major, ``ncols`` per row, on one colour scale with a colour bar.
+
+    With ``shared_scale=False`` each panel gets its own scale (at least
+    :data:`MIN_COLOR_LIMIT`) and no colour bar. Values below
+    :data:`NEGLIGIBLE` are not drawn.
 
     A ``None`` heatmap leaves an empty panel that still shows its title (e.g.
     "no perturbations.pt"); an empty title with ``None`` leaves a blank cell.
@@ -726,8 +833,11 @@ def plot_heatmap_gallery(
     title_lines = max((text.count("\n") + 1 for text in titles if text), default=0)
     figure, axes = _image_grid(
         nrows, ncols, cell=1.6, title_lines=title_lines, heading_lines=title.count("\n") + 1 if title else 0,
-        left=0.45 if row_labels is not None else 0.1,
+        left=0.45 if row_labels is not None else 0.1, right=0.8 if shared_scale else 0.1,
     )
+    present = [_numpy(values) for values in heatmaps if values is not None]
+    shared = max((color_limit(array) for array in present), default=MIN_COLOR_LIMIT)
+    shown = None
     for ax in axes.flat:
         _bare(ax)
         ax.set_frame_on(False)
@@ -738,9 +848,9 @@ def plot_heatmap_gallery(
             if array.ndim != 2:
                 raise ValueError(f"heatmap {k} must have shape (H, W); got {array.shape}")
             ax.set_frame_on(True)
-            top = float(array.max()) if array.size else 0.0
-            ax.imshow(array, cmap=_HEAT_CMAP, vmin=0.0, vmax=top if top > 0 else 1.0,
-                      interpolation="nearest")
+            limit = shared if shared_scale else color_limit(array)
+            shown = ax.imshow(np.ma.masked_where(np.abs(array) < NEGLIGIBLE, array), cmap=_HEAT_CMAP,
+                              vmin=0.0, vmax=limit, interpolation="nearest")
         if failed is not None and failed[k]:
             ax.set_frame_on(True)
             _frame(ax, _FAIL_COLOR)
@@ -748,6 +858,8 @@ def plot_heatmap_gallery(
     if row_labels is not None:
         for row, label in enumerate(row_labels[:nrows]):
             axes[row, 0].set_ylabel(label, fontsize=8)
+    if shared_scale and shown is not None:
+        _color_bar(figure, shown, axes[0], "|δ| (all panels)")
     if title:
         figure.suptitle(title, fontsize=10, y=1 - 0.05 / figure.get_figheight())
     return _save(figure, path)

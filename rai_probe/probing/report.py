@@ -51,7 +51,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .._io import write_atomic
 from .artifacts import ERROR_FILE, METRICS_FILE, job_status, load_perturbations, read_metrics
@@ -572,6 +572,26 @@ def _epsilon_plots(out_dir: Path, complete: Sequence[JobRecord], notes: list[str
     return written
 
 
+def _common_success(saved: Iterable[Mapping[str, Any]]) -> int | None:
+    """The first image index that succeeded in every job (all of the same length), else None."""
+    masks = [item["success"] for item in saved]
+    if not masks or len({mask.shape[0] for mask in masks}) != 1:
+        return None
+    both = masks[0].clone()
+    for mask in masks[1:]:
+        both &= mask
+    hits = both.nonzero()
+    return int(hits[0, 0]) if hits.numel() else None
+
+
+def _gallery_image(success: Any, common: int | None) -> int:
+    """The image a job shows: the common success, else its own first success, else image 0."""
+    if common is not None:
+        return common
+    hits = success.nonzero()
+    return int(hits[0, 0]) if hits.numel() else 0
+
+
 def _gallery(out_dir: Path, complete: Sequence[JobRecord], notes: list[str]) -> Path:
     from .figures import heatmap, plot_heatmap_gallery
 
@@ -580,27 +600,36 @@ def _gallery(out_dir: Path, complete: Sequence[JobRecord], notes: list[str]) -> 
         notes.append(f"The gallery shows the first {len(shown)} of {len(complete)} complete jobs.")
     groups = _groups(shown)
     line_of = {job.name: label for label, members in groups.items() for job in members}
-    panels: dict[str, tuple[Any, str, bool]] = {}
-    for job in shown:
-        parameters = f"{line_of[job.name]}\nepsilon={job.params.get('epsilon', 'n/a')}"
+    loaded: dict[str, dict] = {}
+    for job in shown:  # one safe load per job
         try:
             saved = load_perturbations(job.job_dir)
-            deltas = saved["deltas"]
-            if deltas.ndim != 4 or deltas.shape[0] == 0:
-                raise ValueError(f"deltas of shape {tuple(deltas.shape)}")
-            succeeded = bool(saved["success"][0])
-            values = heatmap(deltas[:1])[0]
-            text = (
-                f"job {job.name}\n{parameters}\n"
-                f"image 0: {'success' if succeeded else 'failed'}, max {float(values.max()):.3g}"
-            )
-            panels[job.name] = (values, text, not succeeded)
+            if saved["deltas"].ndim != 4 or saved["deltas"].shape[0] == 0:
+                raise ValueError(f"deltas of shape {tuple(saved['deltas'].shape)}")
+            loaded[job.name] = saved
         except Exception as error:  # one unreadable or unsafe file must not stop the report
             reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
             notes.append(
                 f"job {job.name}: skipped in the gallery, its perturbations.pt could not be loaded safely ({reason})"
             )
+    common = _common_success(loaded.values())
+    panels: dict[str, tuple[Any, str, bool]] = {}
+    for job in shown:
+        parameters = f"{line_of[job.name]}\nepsilon={job.params.get('epsilon', 'n/a')}"
+        saved = loaded.get(job.name)
+        if saved is None:
             panels[job.name] = (None, f"job {job.name}\n{parameters}\nno perturbations.pt", False)
+            continue
+        index = _gallery_image(saved["success"], common)
+        succeeded = bool(saved["success"][index])
+        values = heatmap(saved["deltas"][index : index + 1])[0]
+        text = (
+            f"job {job.name}\n{parameters}\n"
+            f"image {index}: {'success' if succeeded else 'failed'}, max {float(values.max()):.3g}"
+        )
+        panels[job.name] = (values, text, not succeeded)
+    if common is None and loaded:
+        notes.append("No image succeeded in every job shown: the gallery shows each job's first success.")
 
     # a table layout (rows: lines of the plots, columns: epsilon) when each cell holds one job
     epsilons = sorted({_number(job.params.get("epsilon")) for job in shown}, key=lambda x: (x is None, x or 0))
@@ -627,7 +656,8 @@ def _gallery(out_dir: Path, complete: Sequence[JobRecord], notes: list[str]) -> 
         titles,
         ncols=ncols,
         failed=failed,
-        title="|δ| of image 0 in each complete job\n(red frame: the attack failed on it)",
+        title="|δ| of one image per complete job, on one colour scale: the same image in every job where one\n"
+              "succeeded in all (red frame: no success in that job)",
     )
 
 

@@ -256,6 +256,7 @@ def _draw_figures(job: ProbeJob, output_dir: Path, plan: ProbePlan, attacked: At
         batch_size=job.images_per_grid,
         max_images=job.images_per_grid,
         max_grids=job.max_grids,
+        success=per_image["success"],
     )
     figures = [str(path.relative_to(output_dir)) for path in grids]
     trace_path = plot_loss_trace(
