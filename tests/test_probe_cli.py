@@ -304,6 +304,11 @@ def test_folder_labels_are_the_models_classes(tmp_path):
     saved = load_perturbations(job)
     assert saved["labels"].tolist() == [3, 7]  # not the folder order 0, 1
     assert read_metrics(job)["summary"]["clean_accuracy"] == 1.0
+    assert saved["source_files"] == ["3/a.png", "7/a.png"]  # each row's file, relative to data.root
+    import csv
+
+    rows = list(csv.DictReader((job / "per_image.csv").open()))
+    assert [row["source"] for row in rows] == ["3/a.png", "7/a.png"]
 
 
 def test_folder_with_foreign_class_names_is_refused(tmp_path):

@@ -222,6 +222,10 @@ class ImageDataset(torch.utils.data.Dataset):
     split : {"train", "test", "all", None}
         Which part of the source dataset this is; ``None`` when the source has
         no splits.
+    files : sequence of str or None, optional
+        Where each image came from (an image folder's files, relative to its
+        root), one per image; ``None`` for datasets without per-image files.
+        Kept by :meth:`subset` and :meth:`per_class`.
 
     Raises
     ------
@@ -261,9 +265,16 @@ class ImageDataset(torch.utils.data.Dataset):
     class_names: tuple[str, ...]
     name: str
     split: str | None = None
+    files: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         images = _checked_images(self.images)
+        if self.files is not None:
+            if isinstance(self.files, str) or not all(isinstance(f, str) for f in self.files):
+                raise _type_fail("files", "must be a sequence of str (one per image) or None", self.files)
+            object.__setattr__(self, "files", tuple(self.files))
+            if len(self.files) != images.shape[0]:
+                raise _fail("files", f"must hold one entry per image ({images.shape[0]}); got {len(self.files)}")
         object.__setattr__(self, "images", images)
         object.__setattr__(self, "class_names", _checked_class_names(self.class_names))
         object.__setattr__(self, "labels", _checked_labels(self.labels, images, self.class_names))
@@ -491,7 +502,18 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def _take(self, index: slice | Tensor) -> "ImageDataset":
         labels = None if self.labels is None else self.labels[index]
-        return dataclasses.replace(self, images=self.images[index], labels=labels)
+        files = None
+        if self.files is not None:
+            positions = range(len(self))[index] if isinstance(index, slice) else _positions(index, len(self))
+            files = tuple(self.files[k] for k in positions)
+        return dataclasses.replace(self, images=self.images[index], labels=labels, files=files)
+
+
+def _positions(index: Tensor, n: int) -> list[int]:
+    """The integer positions a 1-D index tensor (bool mask or integers, negatives from the end) picks."""
+    if index.dtype == torch.bool:
+        return index.nonzero().flatten().tolist()
+    return [k % n for k in index.tolist()]
 
 
 def _checked_images(images: Any) -> Tensor:

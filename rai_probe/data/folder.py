@@ -42,7 +42,7 @@ from .._io import os_error_reason
 from ..errors import SettingError, SettingTypeError
 from .datasets import DataFormatError, ImageDataset, UnreadableDataError, checked_folder, open_data_file
 
-__all__ = ["load_image_folder", "IMAGE_EXTENSIONS", "IMAGE_MODES", "MAX_IMAGE_PIXELS"]
+__all__ = ["load_image_folder", "IMAGE_EXTENSIONS", "IMAGE_MODES", "MAX_IMAGE_PIXELS", "FITS"]
 
 #: The most pixels (width x height, from the file's header) an image may declare; larger
 #: ones are refused before their pixels are decoded (decompression bombs). 2**26 is
@@ -62,6 +62,8 @@ IMAGE_MODES = ("auto", "L", "RGB")
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 #: Pillow modes holding more than 8 bits per pixel, scaled by their full range.
 _DEEP_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
+#: How :func:`load_image_folder` brings images of another aspect ratio to ``size``.
+FITS = ("crop", "pad", "stretch")
 _LAYOUTS = "root/<class>/<image> (one subfolder per class) or a flat folder of images"
 
 
@@ -71,6 +73,7 @@ def load_image_folder(
     size: int | tuple[int, int] | None = None,
     mode: str = "auto",
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    fit: str = "crop",
 ) -> ImageDataset:
     """The images of a folder: one subfolder per class (labeled) or flat (unlabeled).
 
@@ -80,8 +83,15 @@ def load_image_folder(
         The folder; see the module docstring for the two layouts.
     size : None, int or (int, int)
         ``None``: every image must already have the same size. An ``int``
-        ``s`` or a pair ``(H, W)``: every image is resized to ``s x s`` or
-        ``H x W`` with Pillow's bilinear filter (antialiased when shrinking).
+        ``s`` or a pair ``(H, W)``: every image is brought to ``s x s`` or
+        ``H x W`` as `fit` says, with Pillow's bilinear filter (antialiased
+        when shrinking).
+    fit : {"crop", "pad", "stretch"}
+        How an image of another aspect ratio is brought to `size`:
+        ``"crop"`` (default) resizes it, keeping its aspect ratio, until it
+        covers ``H x W`` and cuts the centre (the usual resize + centre crop);
+        ``"pad"`` resizes it until it fits inside and pads the borders with
+        black; ``"stretch"`` resizes each side on its own (distorts).
     mode : {"auto", "L", "RGB"}
         ``"L"``: one channel (color images converted with Pillow's luma
         formula); ``"RGB"``: three channels (grayscale replicated, alpha
@@ -95,7 +105,8 @@ def load_image_folder(
     ImageDataset
         ``float32`` images in ``[0, 1]`` (8-bit pixels / 255, 16-bit / 65535),
         name ``"folder"``, split ``None``; labels and class names for the
-        class-folder layout, ``None`` and ``()`` for a flat folder.
+        class-folder layout, ``None`` and ``()`` for a flat folder; ``files``:
+        each image's path relative to `root` (posix form).
 
     Raises
     ------
@@ -128,14 +139,18 @@ def load_image_folder(
     >>> ds = load_image_folder(root, size=2)
     >>> ds.labeled, ds.images.shape, ds.images[:, :, 0, 0]   # blue.png sorts first
     (False, torch.Size([2, 3, 2, 2]), tensor([[0., 0., 1.], [1., 0., 0.]]))
+    >>> ds.files
+    ('blue.png', 'red.png')
     """
     target = _checked_size(size)
+    if not isinstance(fit, str) or fit not in FITS:
+        raise SettingError(f"`fit` must be one of {FITS}; got {fit!r}", setting="fit", value=fit)
     if not isinstance(mode, str) or mode not in IMAGE_MODES:
         raise SettingError(f"`mode` must be one of {IMAGE_MODES}; got {mode!r}", setting="mode", value=mode)
     suffixes = _checked_extensions(extensions)
     folder = checked_folder(root, f"expected {_LAYOUTS}")
     files, labels, class_names = _list_images(folder, suffixes)
-    decoded = [_decode(path, mode, target) for path in files]
+    decoded = [_decode(path, mode, target, fit) for path in files]
     if target is None:
         first = decoded[0].shape[:2]
         for path, array in zip(files, decoded):
@@ -158,6 +173,7 @@ def load_image_folder(
         class_names=class_names,
         name="folder",
         split=None,
+        files=tuple(path.relative_to(folder).as_posix() for path in files),
     )
 
 
@@ -245,7 +261,7 @@ _DECODABLE = (
 )
 
 
-def _decode(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+def _decode(path: Path, mode: str, size: tuple[int, int] | None, fit: str = "crop") -> np.ndarray:
     """``float32`` pixels in ``[0, 1]``: ``(H, W)`` for grayscale, ``(H, W, 3)`` for color.
 
     The file's header is read first and its declared size checked
@@ -260,7 +276,7 @@ def _decode(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
                 with Image.open(file) as image:  # reads the header only
                     _check_pixels(image.size, path)
                     image.load()
-                    return _pixels(image, path, mode, size)
+                    return _pixels(image, path, mode, size, fit)
         except (DataFormatError, MemoryError):
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -289,7 +305,25 @@ def _check_pixels(declared: tuple[int, int], path: Path) -> None:
         )
 
 
-def _pixels(image, path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+def _fitted(image, size: tuple[int, int], fit: str, resample):
+    """``image`` (a Pillow image) brought to ``size`` (H, W) as `fit` says (see load_image_folder)."""
+    from PIL import Image
+
+    height, width = size
+    if fit == "stretch" or image.size == (width, height):
+        return image.resize((width, height), resample)
+    scale = (max if fit == "crop" else min)(height / image.height, width / image.width)
+    new_width, new_height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    resized = image.resize((new_width, new_height), resample)
+    left, top = (new_width - width) // 2, (new_height - height) // 2
+    if fit == "crop":
+        return resized.crop((left, top, left + width, top + height))
+    canvas = Image.new(resized.mode, (width, height), 0)
+    canvas.paste(resized, (-left, -top))
+    return canvas
+
+
+def _pixels(image, path: Path, mode: str, size: tuple[int, int] | None, fit: str = "crop") -> np.ndarray:
     from PIL import Image
 
     resample = Image.Resampling.BILINEAR
@@ -308,7 +342,7 @@ def _pixels(image, path: Path, mode: str, size: tuple[int, int] | None) -> np.nd
             )
         array = array / scale
         if size is not None:
-            resized = Image.fromarray(array, mode="F").resize((size[1], size[0]), resample)
+            resized = _fitted(Image.fromarray(array, mode="F"), size, fit, resample)
             array = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
         return array
     if mode == "L" or image.mode in _GRAY_MODES:
@@ -316,7 +350,7 @@ def _pixels(image, path: Path, mode: str, size: tuple[int, int] | None) -> np.nd
     else:
         image = image.convert("RGB")
     if size is not None:
-        image = image.resize((size[1], size[0]), resample)
+        image = _fitted(image, size, fit, resample)
     return np.asarray(image, dtype=np.float32) / 255.0
 
 

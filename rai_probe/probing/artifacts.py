@@ -386,7 +386,11 @@ def _format(key: str, value: Any) -> str:
 
 
 def write_per_image_csv(
-    out_dir: str | os.PathLike, per_image: Mapping[str, Tensor], class_names: Sequence[str] | None
+    out_dir: str | os.PathLike,
+    per_image: Mapping[str, Tensor],
+    class_names: Sequence[str] | None,
+    *,
+    sources: Sequence[str] | None = None,
 ) -> Path:
     """Write ``per_image.csv``: a header and one row per image of :func:`per_image_metrics`.
 
@@ -396,7 +400,9 @@ def write_per_image_csv(
     missing-value convention: an empty cell, for an unknown label or target,
     a ``steps_to_success`` of an image that never succeeded (``-1`` in the
     tensors) and a NaN float. Floats are written with full precision,
-    ``clean_correct`` and ``success`` as ``true`` / ``false``.
+    ``clean_correct`` and ``success`` as ``true`` / ``false``. With
+    ``sources`` (each image's file, e.g. ``data=folder``), a last column
+    ``source`` holds it.
 
     Examples
     --------
@@ -433,15 +439,20 @@ def write_per_image_csv(
             return ""
         return names[index] if names is not None else str(index)
 
+    if sources is not None and (isinstance(sources, str) or len(sources) != n):
+        raise ValueError(f"`sources` must hold one file name per image ({n}); got {sources!r:.80}")
+
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(_csv_columns())
+    writer.writerow(_csv_columns() + (["source"] if sources is not None else []))
     for row in range(n):  # formatting only: one CSV line per image
         cells = []
         for key in PER_IMAGE_KEYS:
             cells.append(_format(key, columns[key][row]))
             if key in _NAME_COLUMNS:
                 cells.append(name_of(int(columns[key][row])))
+        if sources is not None:
+            cells.append(str(sources[row]))
         writer.writerow(cells)
     return write_atomic(directory / PER_IMAGE_FILE, buffer.getvalue())
 

@@ -115,6 +115,9 @@ def save_results(run: ProbeRun) -> None:
     plan, attacked = run.plan, run.attacked
     run.output_dir.mkdir(parents=True, exist_ok=True)
     extra = {"sources": plan.sources.cpu(), "goal_met": attacked.success.cpu()}
+    files = _source_files(run)
+    if files is not None:
+        extra["source_files"] = files
     if attacked.datum_trace is not None:
         extra["datum_loss_trace"] = attacked.datum_trace.cpu()
     save_perturbations(
@@ -133,7 +136,13 @@ def save_results(run: ProbeRun) -> None:
         epsilon=run.epsilon,
         norm=run.norm,
     )
-    write_per_image_csv(run.output_dir, run.per_image, run.inputs.class_names)
+    write_per_image_csv(run.output_dir, run.per_image, run.inputs.class_names, sources=files)
+
+
+def _source_files(run: ProbeRun) -> list[str] | None:
+    """Each attacked row's file (``data=folder``: relative to ``data.root``), or None."""
+    files = run.inputs.data.files
+    return None if files is None else [files[k] for k in run.plan.sources.tolist()]
 
 
 def draw_figures(run: ProbeRun) -> None:

@@ -81,6 +81,7 @@ class DataSettings:
     split: Optional[str] = None
     size: Optional[list[int]] = setting(None, low=1, length=2)
     mode: Optional[str] = None
+    fit: Optional[str] = None
     level: Optional[float] = setting(None, low=0, high=1)
 
 

@@ -259,6 +259,7 @@ def _labels_as_model_classes(dataset: ImageDataset, model: NormalizedModel) -> I
         class_names=tuple(model_names),
         name=dataset.name,
         split=dataset.split,
+        files=dataset.files,
     )
 
 
