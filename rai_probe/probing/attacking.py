@@ -1,4 +1,8 @@
-"""The attack stage of a probe job: the planned rows, batch by batch, Ctrl-C keeping the finished batches."""
+"""The attack stage of a probe job: the planned rows, batch by batch, Ctrl-C keeping the finished batches.
+
+Each batch has its own generator, seeded by its global number, and may be
+reloaded from, or written to, a durable record (:mod:`rai_probe.probing.batches`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from torch import Tensor
 from ..errors import SettingError
 from ..jobs.errors import typed_override
 from ..progress import Progress
+from .batches import BatchRecords, BatchResult, batch_seed
 from .job import ProbeJob
 from .metrics import honest_success
 from .settings import ProbeConfigError, ProbePlan
@@ -44,36 +49,84 @@ def _padded_traces(traces: Sequence[Tensor]) -> Tensor:
     return torch.cat(padded, dim=1) if traces[0].ndim == 2 else torch.stack(padded)
 
 
-def attack_rows(job: ProbeJob, model: torch.nn.Module, plan: ProbePlan, clean_pred: Tensor) -> AttackedRows:
+def _run_batch(job: ProbeJob, model: torch.nn.Module, plan: ProbePlan, part: slice, batch: int) -> BatchResult:
+    """Attack one batch, with the generator of its global number; the result on the CPU."""
+    generator = torch.Generator(device=job.device).manual_seed(batch_seed(job.seed, batch))
+    try:
+        result = job.attack.run(
+            model, plan.images[part], plan.attack_target[part], generator=generator, progress=job.progress
+        )
+    except SettingError as error:  # the solver refused the model's outputs or the images themselves
+        if error.setting not in ("model", "data"):
+            raise
+        model_cfg = job.cfg["model"]
+        key = "data" if error.setting == "data" else ("model.checkpoint" if model_cfg.get("checkpoint") else "model")
+        raise ProbeConfigError(
+            f"model={model_cfg.get('name')}, data={job.cfg['data'].get('name')}: {error}",
+            typed_override(key, job.overrides),
+        ) from None
+    return BatchResult(
+        xadv=result.xadv.cpu(),
+        logits=result.logits.float().cpu(),
+        success=result.success.cpu(),
+        first_success=result.first_success_step.cpu(),
+        loss_trace=result.loss_trace.float().cpu(),
+        datum_trace=None if result.datum_loss_trace is None else result.datum_loss_trace.float().cpu(),
+    )
+
+
+def attack_rows(
+    job: ProbeJob,
+    model: torch.nn.Module,
+    plan: ProbePlan,
+    clean_pred: Tensor,
+    *,
+    batches: range | None = None,
+    records: BatchRecords | None = None,
+) -> AttackedRows:
     """Attack the plan's rows batch by batch; Ctrl-C keeps the finished batches.
 
-    ``clean_pred`` (the model's clean prediction of each row) only feeds the
-    progress bar's success rate, which counts no clean mistake.
+    Parameters
+    ----------
+    plan : ProbePlan
+        The rows to attack (a shard's rows, for a sharded job).
+    clean_pred : Tensor
+        The model's clean prediction of each row (only for the progress
+        bar's success rate, which counts no clean mistake).
+    batches : range, optional
+        The global numbers of the plan's batches (default: from 0); each
+        seeds its batch's generator (:func:`~rai_probe.probing.batches.batch_seed`).
+    records : BatchRecords, optional
+        Durable per-batch records: a batch already recorded under this
+        configuration is reloaded instead of attacked, every other one is
+        recorded when it finishes.
+
+    Returns
+    -------
+    AttackedRows
+        On the CPU.
     """
     rows = plan.images.shape[0]
-    generator = torch.Generator(device=job.device).manual_seed(job.seed)
-    pieces: dict[str, list[Tensor]] = {"xadv": [], "logits": [], "success": [], "first": []}
-    traces: list[Tensor] = []
-    datum_traces: list[Tensor] = []
+    count = -(-rows // job.batch_size)
+    batches = range(count) if batches is None else batches
+    if len(batches) != count:
+        raise ValueError(f"`batches` must number the plan's {count} batches; got {batches!r}")
+    results: list[BatchResult] = []
     finished = succeeded = 0
     interrupted = False
     with Progress(rows, "attack", enabled=job.progress) as bar:
         try:
-            for first in range(0, rows, job.batch_size):
-                part = slice(first, min(first + job.batch_size, rows))
-                result = job.attack.run(
-                    model, plan.images[part], plan.attack_target[part], generator=generator, progress=job.progress
-                )
-                pieces["xadv"].append(result.xadv)
-                pieces["logits"].append(result.logits.float())
-                pieces["success"].append(result.success)
-                pieces["first"].append(result.first_success_step)
-                traces.append(result.loss_trace.float())
-                if result.datum_loss_trace is not None:
-                    datum_traces.append(result.datum_loss_trace.float())
+            for local, batch in enumerate(batches):
+                part = slice(local * job.batch_size, min((local + 1) * job.batch_size, rows))
+                result = records.load(batch) if records is not None else None
+                if result is None:
+                    result = _run_batch(job, model, plan, part, batch)
+                    if records is not None:
+                        records.save(batch, result)
+                results.append(result)
                 finished = part.stop
-                honest = honest_success(result.success, clean_pred=clean_pred[part], labels=plan.labels[part],
-                                        targets=plan.targets[part])[1]
+                honest = honest_success(result.success, clean_pred=clean_pred[part].cpu(),
+                                        labels=plan.labels[part].cpu(), targets=plan.targets[part].cpu())[1]
                 succeeded += int(honest.sum())
                 bar.update(part.stop - part.start, success=round(succeeded / part.stop, 3))  # so far
         except KeyboardInterrupt:
@@ -81,15 +134,10 @@ def attack_rows(job: ProbeJob, model: torch.nn.Module, plan: ProbePlan, clean_pr
                 raise
             interrupted = True
             log.warning("interrupted: saving the %d of %d images finished", finished, rows)
-        except SettingError as error:  # the solver refused the model's outputs or the images themselves
-            if error.setting not in ("model", "data"):
-                raise
-            model_cfg = job.cfg["model"]
-            key = "data" if error.setting == "data" else ("model.checkpoint" if model_cfg.get("checkpoint") else "model")
-            raise ProbeConfigError(
-                f"model={model_cfg.get('name')}, data={job.cfg['data'].get('name')}: {error}",
-                typed_override(key, job.overrides),
-            ) from None
+    if records is not None and records.reused:
+        log.info("resume: %d of %d batches reloaded from %s", records.reused, count, records.folder)
+    traces = [result.loss_trace for result in results]
+    datum_traces = [result.datum_trace for result in results if result.datum_trace is not None]
     datum_trace = _padded_traces(datum_traces) if len(datum_traces) == len(traces) else None
     if datum_trace is not None:
         loss_trace = datum_trace.mean(dim=1)
@@ -97,13 +145,11 @@ def attack_rows(job: ProbeJob, model: torch.nn.Module, plan: ProbePlan, clean_pr
         loss_trace = _padded_traces(traces).sum(dim=0) / finished
     return AttackedRows(
         rows=finished,
-        xadv=torch.cat(pieces["xadv"]),
-        logits=torch.cat(pieces["logits"]),
-        success=torch.cat(pieces["success"]),
-        first_success=torch.cat(pieces["first"]),
+        xadv=torch.cat([result.xadv for result in results]),
+        logits=torch.cat([result.logits for result in results]),
+        success=torch.cat([result.success for result in results]),
+        first_success=torch.cat([result.first_success for result in results]),
         loss_trace=loss_trace,
         datum_trace=datum_trace,
         interrupted=interrupted,
     )
-
-

@@ -20,6 +20,7 @@ from ..models import NormalizedModel
 from ..perturbations.attacks import Attack
 from ..perturbations.ensemble import attack_norm
 from ..runtime import select_device, set_threads
+from .acceleration import accelerated
 from .schema import check_probe_settings
 from .settings import ProbeConfigError, attack_from_config, check_attack_shape, data_from_config, model_from_config
 
@@ -44,6 +45,11 @@ class ProbeJob:
     progress: bool
     max_grids: int
     images_per_grid: int
+    shard: int = 0
+    num_shards: int = 1
+    resume: bool = False
+    precision: str = "fp32"
+    compile: bool = False
 
 
 @dataclass
@@ -54,6 +60,11 @@ class ProbeInputs:
     data: ImageDataset
     class_names: list[str]
     reachable: float | None
+    classifier: torch.nn.Module | None = None  # what runs the images: the model, maybe under autocast / compiled
+
+    def __post_init__(self) -> None:
+        if self.classifier is None:
+            self.classifier = self.model
 
 
 def checked_job(cfg: Mapping[str, Any], overrides: Sequence[str]) -> ProbeJob:
@@ -72,6 +83,13 @@ def checked_job(cfg: Mapping[str, Any], overrides: Sequence[str]) -> ProbeJob:
     mode = dict(cfg.get("mode") or {})
     targeted = mode.get("targeted", False)
     figures = dict(cfg.get("figures") or {})
+    data = dict(cfg.get("data") or {})
+    shard, num_shards = data.get("shard", 0), data.get("num_shards", 1)
+    if not shard < num_shards:
+        raise ProbeConfigError(
+            f"data.shard={shard} must be in [0, data.num_shards - 1] = [0, {num_shards - 1}]",
+            typed_override("data.shard", overrides),
+        )
     return ProbeJob(
         cfg=cfg,
         overrides=overrides,
@@ -85,6 +103,11 @@ def checked_job(cfg: Mapping[str, Any], overrides: Sequence[str]) -> ProbeJob:
         progress=cfg.get("progress", True),
         max_grids=figures.get("max_grids", 4),
         images_per_grid=figures.get("images_per_grid", 8),
+        shard=shard,
+        num_shards=num_shards,
+        resume=cfg.get("resume", False),
+        precision=cfg.get("precision", "fp32"),
+        compile=cfg.get("compile", False),
     )
 
 
@@ -133,7 +156,8 @@ def load_inputs(job: ProbeJob) -> ProbeInputs:
     check_attack_shape(job.attack, cfg["attack"], shape, overrides)
     reachable = reachable_norm(job.attack, shape)
     warn_if_budget_unspendable(job.attack, shape, reachable)
-    data = data_from_config(cfg["data"], model, n_images=job.n_images, seed=job.seed, overrides=overrides)
+    data_cfg = {key: value for key, value in cfg["data"].items() if key not in ("shard", "num_shards")}
+    data = data_from_config(data_cfg, model, n_images=job.n_images, seed=job.seed, overrides=overrides)
     if not job.targeted and not data.labeled and cfg["data"].get("name") in ("noise", "gray"):
         raise ProbeConfigError(
             f"data={cfg['data']['name']} gives seeds without labels, which only make sense as "
@@ -144,4 +168,6 @@ def load_inputs(job: ProbeJob) -> ProbeInputs:
     default_names = [str(i) for i in range(model.info.num_classes)]
     if class_names == default_names and len(data.class_names) == len(class_names):
         class_names = list(data.class_names)  # e.g. a CIFAR-10 checkpoint that records no names
-    return ProbeInputs(model=model, data=data, class_names=class_names, reachable=reachable)
+    example = data.images[: min(2, len(data))].to(job.device)
+    classifier = accelerated(model, precision=job.precision, compile=job.compile, device=job.device, example=example)
+    return ProbeInputs(model=model, data=data, class_names=class_names, reachable=reachable, classifier=classifier)

@@ -777,7 +777,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Report over a sweep: one table of all jobs, curves and a gallery.")
     parser.add_argument("sweep_dir", metavar="DIR", help="a Hydra multirun directory")
     parser.add_argument("--out", default=None, help="where the report goes (default: DIR/report)")
+    parser.add_argument(
+        "--merge", action="store_true",
+        help="merge the shards (data.shard=I data.num_shards=N) of one job into DIR/merged (or --out) instead",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        from .merge import merge_shards
+
+        try:
+            merged = merge_shards(args.sweep_dir, args.out)
+        except (OSError, ValueError) as error:  # ShardMismatchError is a ValueError
+            print(paragraph(f"rai_probe: report --merge: {error}"), file=sys.stderr)
+            return EXIT_BAD_CONFIG
+        print(merged / "metrics.json")
+        return 0
     try:
         jobs = collect_jobs(args.sweep_dir, skip=args.out)
         written = write_report(args.sweep_dir, args.out, jobs=jobs)

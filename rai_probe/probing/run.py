@@ -32,6 +32,7 @@ from ..jobs.rundir import RunDirectory, RunDirectoryBusy
 from ..perturbations.ensemble import attack_norm
 from .artifacts import FIGURES_DIR, save_perturbations, write_metrics, write_per_image_csv
 from .attacking import AttackedRows, attack_rows
+from .batches import BatchRecords, config_fingerprint, shard_batches
 from .figures import plot_class_grid, plot_loss_trace, save_batch_grids
 from .job import ProbeInputs, ProbeJob, checked_job, load_inputs
 from .metrics import per_image_metrics, summarize
@@ -55,11 +56,14 @@ class ProbeRun:
     inputs: ProbeInputs | None = None
     planned_rows: int = 0
     plan: ProbePlan | None = None
+    batches: range = range(0)
+    first_row: int = 0
     clean_logits: Tensor | None = None
     attacked: AttackedRows | None = None
     per_image: dict[str, Tensor] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
+    records: BatchRecords | None = None
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -73,23 +77,46 @@ class ProbeRun:
 
 
 def plan_rows(run: ProbeRun) -> None:
-    """The clean predictions of the source images and the rows the mode asks to attack."""
+    """The clean predictions of the source images, the rows the mode asks to attack, and this shard's part.
+
+    A shard (``data.shard=I data.num_shards=N``) attacks a contiguous range of
+    whole batches of the plan (:func:`~rai_probe.probing.batches.shard_batches`).
+    """
     job, inputs = run.job, run.inputs
     images = inputs.data.images
     with torch.no_grad():
         run.clean_logits = torch.cat(
-            [inputs.model(images[i : i + job.batch_size].to(job.device)) for i in range(0, len(images), job.batch_size)]
+            [inputs.classifier(images[i : i + job.batch_size].to(job.device)).float()
+             for i in range(0, len(images), job.batch_size)]
         )
-    run.plan = plan_from_config(job.mode, inputs.data, inputs.model, run.clean_logits.argmax(dim=1))
+    plan = plan_from_config(job.mode, inputs.data, inputs.model, run.clean_logits.argmax(dim=1))
+    total = plan.images.shape[0]
+    run.batches = shard_batches(-(-total // job.batch_size), job.num_shards, job.shard)
+    run.first_row = run.batches.start * job.batch_size
+    stop = min(run.batches.stop * job.batch_size, total)
+    run.plan = _rows(plan, slice(run.first_row, stop))
     run.planned_rows = run.plan.images.shape[0]
+    if job.num_shards > 1:
+        log.info("shard %d of %d: rows %d to %d of %d (batches %d to %d)", job.shard, job.num_shards,
+                 run.first_row, stop - 1, total, run.batches.start, run.batches.stop - 1)
+    if run.planned_rows == 0:
+        raise ProbeConfigError(
+            f"data.shard={job.shard} of data.num_shards={job.num_shards} holds no batch: the job has "
+            f"{-(-total // job.batch_size)} batches of batch_size={job.batch_size}; use fewer shards",
+            typed_override("data.num_shards", job.overrides),
+        )
 
 
 def attack(run: ProbeRun) -> None:
-    """Attack the planned rows; keep only the rows the attack finished (all, unless interrupted)."""
+    """Attack the planned rows, reusing recorded batches with ``resume=true``; keep the rows finished."""
+    records = BatchRecords(run.output_dir, config_fingerprint(run.job.cfg), resume=run.job.resume)
     clean_pred = run.clean_logits.argmax(dim=1)[run.plan.sources]
-    run.attacked = attack_rows(run.job, run.inputs.model, run.plan, clean_pred)
-    run.plan = _first_rows(run.plan, run.attacked.rows)
-    run.clean_logits = run.clean_logits[run.plan.sources].float()
+    run.attacked = attack_rows(run.job, run.inputs.classifier, run.plan, clean_pred, batches=run.batches,
+                               records=records)
+    run.plan = _rows(run.plan, slice(0, run.attacked.rows))
+    run.plan = ProbePlan(*(getattr(run.plan, name).cpu() for name in _PLAN_FIELDS))
+    run.clean_logits = run.clean_logits[run.plan.sources.to(run.clean_logits.device)].float().cpu()
+    run.records = records
 
 
 def measure(run: ProbeRun) -> None:
@@ -107,6 +134,7 @@ def measure(run: ProbeRun) -> None:
         epsilon=run.epsilon,
         norm=run.norm,
     )
+    run.per_image["index"] = run.per_image["index"] + run.first_row  # a shard's rows keep their place in the job
     run.summary = summarize(run.per_image)
 
 
@@ -114,7 +142,8 @@ def save_results(run: ProbeRun) -> None:
     """``perturbations.pt`` (the attacked rows only) and ``per_image.csv``."""
     plan, attacked = run.plan, run.attacked
     run.output_dir.mkdir(parents=True, exist_ok=True)
-    extra = {"sources": plan.sources.cpu(), "goal_met": attacked.success.cpu()}
+    extra = {"sources": plan.sources.cpu(), "goal_met": attacked.success.cpu(),
+             "rows": torch.arange(run.first_row, run.first_row + plan.images.shape[0])}
     files = _source_files(run)
     if files is not None:
         extra["source_files"] = files
@@ -174,6 +203,9 @@ def record(run: ProbeRun, *, interrupted: bool = False) -> Path:
         "data": {"name": inputs.data.name, "split": inputs.data.split, "n_sources": len(inputs.data)},
         "budget": {"norm": run.norm, "epsilon": run.epsilon, "reachable_norm": inputs.reachable},
         "mode": job.mode,
+        "shard": {"shard": job.shard, "num_shards": job.num_shards, "first_row": run.first_row,
+                  "rows": run.planned_rows},
+        "precision": job.precision,
         "seconds": round(time.monotonic() - run.started, 2),
         "figures": run.figures,
     }
@@ -223,6 +255,7 @@ def _run(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> 
         raise JobInterrupted(run.attacked.rows, run.planned_rows)
     draw_figures(run)
     metrics_path = record(run)
+    run.records.clear()  # complete: the per-batch records are no longer needed
     log.info(
         "done in %.1f s: %s, median L0 %s pixels; metrics in %s",
         time.monotonic() - run.started,
@@ -302,9 +335,10 @@ def _rates_text(summary: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "no rate applies"
 
 
-def _first_rows(plan: ProbePlan, rows: int) -> ProbePlan:
-    if rows == plan.images.shape[0]:
-        return plan
-    return ProbePlan(*(getattr(plan, name)[:rows] for name in ("images", "labels", "targets", "attack_target", "sources")))
+_PLAN_FIELDS = ("images", "labels", "targets", "attack_target", "sources")
+
+
+def _rows(plan: ProbePlan, rows: slice) -> ProbePlan:
+    return ProbePlan(*(getattr(plan, name)[rows] for name in _PLAN_FIELDS))
 
 

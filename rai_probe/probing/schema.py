@@ -19,7 +19,7 @@ rai_probe.jobs.errors.ConfigError: `progress` must be true or false; got 'no' (a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
 from ..jobs.schema import check_job_settings, setting
 
@@ -82,6 +82,8 @@ class DataSettings:
     size: Optional[list[int]] = setting(None, low=1, length=2)
     mode: Optional[str] = None
     fit: Optional[str] = None
+    shard: int = setting(0, low=0)
+    num_shards: int = setting(1, low=1)
     level: Optional[float] = setting(None, low=0, high=1)
 
 
@@ -110,6 +112,9 @@ class ProbeSettings:
     n_images: int = setting(16, low=1)
     batch_size: int = setting(64, low=1)
     progress: bool = True
+    resume: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
     figures: FigureSettings = field(default_factory=FigureSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     data: Optional[DataSettings] = None
