@@ -54,6 +54,7 @@ from .._io import write_atomic
 from ..jobs.rundir import ERROR_FILE, METRICS_FILE, job_status, write_error
 from ..models import read_torch_file
 from .metrics import PER_IMAGE_KEYS, _check_budget, per_image_metrics
+from .quality import QUALITY_KEYS
 
 __all__ = [
     "METRICS_FILE",
@@ -349,7 +350,7 @@ def per_image_from_perturbations(saved: Mapping[str, Any], *, atol: float = 0.0)
     >>> per_image["l0_pixels"].tolist(), per_image["steps_to_success"].tolist()
     ([2], [4])
     """
-    return per_image_metrics(
+    per_image = per_image_metrics(
         saved["images"],
         saved["xadv"],
         clean_logits=saved["clean_logits"],
@@ -362,6 +363,8 @@ def per_image_from_perturbations(saved: Mapping[str, Any], *, atol: float = 0.0)
         epsilon=saved.get("epsilon"),
         norm=saved.get("budget_norm"),
     )
+    per_image.update({key: value for key, value in (saved.get("quality") or {}).items() if key in QUALITY_KEYS})
+    return per_image
 
 
 # --------------------------------------------------------------------------- #
@@ -442,15 +445,19 @@ def write_per_image_csv(
     if sources is not None and (isinstance(sources, str) or len(sources) != n):
         raise ValueError(f"`sources` must hold one file name per image ({n}); got {sources!r:.80}")
 
+    quality = [key for key in QUALITY_KEYS if key in per_image]
+    columns.update({key: per_image[key].detach().cpu().tolist() for key in quality})
+
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(_csv_columns() + (["source"] if sources is not None else []))
+    writer.writerow(_csv_columns() + quality + (["source"] if sources is not None else []))
     for row in range(n):  # formatting only: one CSV line per image
         cells = []
         for key in PER_IMAGE_KEYS:
             cells.append(_format(key, columns[key][row]))
             if key in _NAME_COLUMNS:
                 cells.append(name_of(int(columns[key][row])))
+        cells += [_format(key, columns[key][row]) for key in quality]
         if sources is not None:
             cells.append(str(sources[row]))
         writer.writerow(cells)
@@ -488,7 +495,7 @@ def read_per_image_csv(path_or_dir: str | os.PathLike) -> dict[str, Tensor]:
     if missing:
         raise ValueError(f"{str(path)} is not a per-image CSV of rai_probe: missing columns {missing}")
     out = {}
-    for key in PER_IMAGE_KEYS:
+    for key in PER_IMAGE_KEYS + tuple(key for key in QUALITY_KEYS if key in header):
         cells = [row[key] for row in rows]
         if key in _BOOL_KEYS:
             out[key] = torch.tensor([cell.lower() == "true" for cell in cells], dtype=torch.bool)

@@ -9,7 +9,7 @@ spend its budget, then loads the images.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -50,6 +50,7 @@ class ProbeJob:
     resume: bool = False
     precision: str = "fp32"
     compile: bool = False
+    metrics: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -108,7 +109,19 @@ def checked_job(cfg: Mapping[str, Any], overrides: Sequence[str]) -> ProbeJob:
         resume=cfg.get("resume", False),
         precision=cfg.get("precision", "fp32"),
         compile=cfg.get("compile", False),
+        metrics=_metric_settings(cfg, overrides),
     )
+
+
+def _metric_settings(cfg: Mapping[str, Any], overrides: Sequence[str]) -> dict:
+    metrics = {"faithfulness": True, "curve_points": 16, "random_baseline": True, "minimality": True,
+               "max_greedy_pixels": 128, "stability_restarts": 0, **dict(cfg.get("metrics") or {})}
+    if metrics["stability_restarts"] == 1:
+        raise ProbeConfigError(
+            "metrics.stability_restarts=1 compares a run with nothing: use 0 (off) or R >= 2 runs",
+            typed_override("metrics.stability_restarts", overrides),
+        )
+    return metrics
 
 
 def reachable_norm(attack: Attack, image_shape: Sequence[int]) -> float | None:

@@ -116,6 +116,8 @@ def _merged_perturbations(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         rows = torch.tensor([part["xadv"].shape[0] for part in parts], dtype=torch.float32)
         traces = _padded_traces([part["loss_trace"].float() for part in parts])
         merged["loss_trace"] = (traces * rows.view(-1, 1)).sum(dim=0) / rows.sum()
+    if all("quality" in part for part in parts):
+        merged["quality"] = {key: torch.cat([part["quality"][key] for part in parts]) for key in parts[0]["quality"]}
     if all("source_files" in part for part in parts):
         merged["source_files"] = [name for part in parts for name in part["source_files"]]
     for key in ("class_names", "epsilon", "budget_norm"):
@@ -141,7 +143,7 @@ def merge_shards(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     parts = [load_perturbations(job_dir) for job_dir, _ in shards]
     merged = _merged_perturbations(parts)
     targets = merged["targets"] if bool((merged["targets"] >= 0).any()) else None
-    extra = {key: merged[key] for key in ("sources", "goal_met", "rows", "datum_loss_trace", "source_files")
+    extra = {key: merged[key] for key in ("sources", "goal_met", "rows", "datum_loss_trace", "source_files", "quality")
              if key in merged}
     save_perturbations(
         target,

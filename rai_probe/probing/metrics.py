@@ -91,6 +91,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from .quality import QUALITY_KEYS
+
 __all__ = [
     "NORM_KEYS",
     "BUDGET_NORMS",
@@ -635,4 +637,12 @@ def summarize(per_image: Mapping[str, Tensor]) -> dict:
     }
     summary["steps_to_success"] = _stats(per_image["steps_to_success"][success])
     summary["successful"] = {key: _stats(per_image[key][success]) for key in NORM_KEYS + ("budget_used",)}
+    quality = {key: _stats(_known(per_image[key])) for key in QUALITY_KEYS if key in per_image}
+    if quality:  # explanation-quality metrics (rai_probe.probing.quality), over the images they apply to
+        summary["quality"] = quality
     return summary
+
+
+def _known(values: Tensor) -> Tensor:
+    values = values.detach().reshape(-1).to(torch.float64)
+    return values[~values.isnan()]

@@ -106,6 +106,12 @@ METRICS = (
     ("mean_linf", ("linf", "mean")),
     ("median_steps_to_success", ("steps_to_success", "median")),
     ("successful_median_l0_fraction", ("successful", "l0_fraction", "median")),
+    ("median_pixels_to_flip", ("quality", "pixels_to_flip", "median")),
+    ("median_pixels_to_flip_random", ("quality", "pixels_to_flip_random", "median")),
+    ("mean_insertion_auc", ("quality", "insertion_auc", "mean")),
+    ("mean_deletion_auc", ("quality", "deletion_auc", "mean")),
+    ("mean_droppable_fraction", ("quality", "droppable_fraction", "mean")),
+    ("mean_stability_iou", ("quality", "stability_iou", "mean")),
 )
 
 #: At most this many panels in ``gallery.png``.

@@ -17,6 +17,7 @@ are attacked and recorded, but never count as successes).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from ..perturbations.ensemble import attack_norm
 from .artifacts import FIGURES_DIR, save_perturbations, write_metrics, write_per_image_csv
 from .attacking import AttackedRows, attack_rows
 from .batches import BatchRecords, config_fingerprint, shard_batches
+from .quality import faithfulness, minimality, stability
 from .figures import plot_class_grid, plot_loss_trace, save_batch_grids
 from .job import ProbeInputs, ProbeJob, checked_job, load_inputs
 from .metrics import per_image_metrics, summarize
@@ -64,6 +66,7 @@ class ProbeRun:
     summary: dict[str, Any] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
     records: BatchRecords | None = None
+    quality: dict[str, Tensor] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -138,11 +141,61 @@ def measure(run: ProbeRun) -> None:
     run.summary = summarize(run.per_image)
 
 
+def assess(run: ProbeRun) -> None:
+    """The explanation-quality metrics the job's ``metrics`` settings ask for, added to the per-image records.
+
+    Computed batch by batch, on the job's own batches, so that a shard or a
+    resumed job computes exactly what one whole job does.
+    """
+    job, settings = run.job, run.job.metrics
+    rows = run.plan.images.shape[0]
+    parts = [_assess_batch(run, slice(start, min(start + job.batch_size, rows)))
+             for start in range(0, rows, job.batch_size)]
+    quality = {key: torch.cat([part[key] for part in parts]) for key in (parts[0] if parts else {})}
+    if settings["stability_restarts"] >= 2:
+        quality.update(stability(_restarted_deltas(run, settings["stability_restarts"])))
+    run.quality = {key: value.detach().double().cpu() for key, value in quality.items()}
+    run.per_image.update(run.quality)
+    run.summary = summarize(run.per_image)
+
+
+def _assess_batch(run: ProbeRun, part: slice) -> dict[str, Tensor]:
+    job, settings = run.job, run.job.metrics
+    device = job.device
+    x = run.plan.images[part].to(device)
+    delta = (run.attacked.xadv[part] - run.plan.images[part]).to(device)
+    reference = run.plan.attack_target[part].to(device)
+    classifier = run.inputs.classifier
+    quality: dict[str, Tensor] = {}
+    if settings["faithfulness"]:
+        rows = torch.arange(part.start, part.stop) + run.first_row
+        quality.update(faithfulness(classifier, x, delta, reference=reference, targeted=job.targeted,
+                                    points=settings["curve_points"], random_baseline=settings["random_baseline"],
+                                    seed=job.seed, rows=rows))
+    if settings["minimality"]:
+        quality["droppable_fraction"] = minimality(
+            classifier, x, delta, reference=reference, targeted=job.targeted,
+            max_pixels=settings["max_greedy_pixels"])["droppable_fraction"]
+    return {key: value.detach().double().cpu() for key, value in quality.items()}
+
+
+def _restarted_deltas(run: ProbeRun, restarts: int) -> Tensor:
+    """The perturbations of ``restarts`` runs of the attack (the job's own, then other seeds), ``(R, N, ...)``."""
+    plan = ProbePlan(*(getattr(run.plan, name).to(run.job.device) for name in _PLAN_FIELDS))
+    clean_pred = run.clean_logits.argmax(dim=1).to(run.job.device)
+    deltas = [run.attacked.xadv - run.plan.images]
+    for restart in range(1, restarts):
+        job = dataclasses.replace(run.job, seed=run.job.seed + 7919 * restart, progress=False)
+        again = attack_rows(job, run.inputs.classifier, plan, clean_pred, batches=run.batches)
+        deltas.append(again.xadv - run.plan.images)
+    return torch.stack(deltas)
+
+
 def save_results(run: ProbeRun) -> None:
     """``perturbations.pt`` (the attacked rows only) and ``per_image.csv``."""
     plan, attacked = run.plan, run.attacked
     run.output_dir.mkdir(parents=True, exist_ok=True)
-    extra = {"sources": plan.sources.cpu(), "goal_met": attacked.success.cpu(),
+    extra = {"sources": plan.sources.cpu(), "goal_met": attacked.success.cpu(), "quality": run.quality,
              "rows": torch.arange(run.first_row, run.first_row + plan.images.shape[0])}
     files = _source_files(run)
     if files is not None:
@@ -249,6 +302,8 @@ def _run(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> 
     plan_rows(run)
     attack(run)
     measure(run)
+    if not run.attacked.interrupted:
+        assess(run)
     save_results(run)
     if run.attacked.interrupted:
         record(run, interrupted=True)

@@ -103,6 +103,18 @@ class FigureSettings:
 
 
 @dataclass
+class MetricSettings:
+    """``metrics:``: explanation-quality metrics (:mod:`rai_probe.probing.quality`) and their cost."""
+
+    faithfulness: bool = True
+    curve_points: int = setting(16, low=1)
+    random_baseline: bool = True
+    minimality: bool = True
+    max_greedy_pixels: int = setting(128, low=0)
+    stability_restarts: int = setting(0, low=0)
+
+
+@dataclass
 class ProbeSettings:
     """``configs/probe.yaml``."""
 
@@ -116,6 +128,7 @@ class ProbeSettings:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
     figures: FigureSettings = field(default_factory=FigureSettings)
+    metrics: MetricSettings = field(default_factory=MetricSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     data: Optional[DataSettings] = None
     mode: ModeSettings = field(default_factory=ModeSettings)
