@@ -21,7 +21,12 @@ For each model, inputs ``x ~ U[0, 1)`` and random labels, these variants run
 * ``gradient_ascent`` (untargeted, default cross-entropy criterion) with
   ``L1qFrankWolfe(q=0.99, epsilon=10)`` and with
   ``L2ProjectedOptim(epsilon=1, lr=0.1)``, each without and with
-  ``data_range=(0, 1)`` (the box handed to the optimizer's ``bounds``).
+  ``data_range=(0, 1)`` (the box handed to the optimizer's ``bounds``);
+* ``L2 early_stop check_every=1`` / ``=10``: ``L2ProjectedOptim`` with
+  ``early_stop=True``, asking whether every image is done (a host sync) at
+  every step or every 10th; ε = 1e-6 away from the model's own predictions,
+  so no image succeeds and every step runs. Their difference is the cost of
+  the sync (on CPU about nothing; on an accelerator the stall it causes).
 
 Timing: the model is wrapped in a module that records ``time.perf_counter()``
 at the start of every forward call (after ``torch.cuda.synchronize()`` on
@@ -167,7 +172,13 @@ VARIANTS: dict[str, tuple[type[torch.optim.Optimizer], dict, tuple[float, float]
 }
 
 
-def solver_variants() -> dict[str, Callable[[StepClock, Tensor, Tensor, int], object]]:
+#: Early-stopping variants (L2ProjectedOptim, range (0, 1)): ``check_every`` of the all-done test.
+#: The images are attacked away from the model's own predictions with ε = 1e-6, so none can
+#: succeed and every step runs: what is timed is only the cost of the per-step freeze and test.
+EARLY_STOP_CHECKS: dict[str, int] = {"L2 early_stop check_every=1": 1, "L2 early_stop check_every=10": 10}
+
+
+def solver_variants(own_labels: Tensor | None = None) -> dict[str, Callable[[StepClock, Tensor, Tensor, int], object]]:
     def make(optimizer, kwargs, data_range):
         def run(clock: StepClock, x: Tensor, y: Tensor, steps: int) -> object:
             return gradient_ascent(model=clock, data=x, target=y, optimizer=optimizer, steps=steps,
@@ -175,7 +186,18 @@ def solver_variants() -> dict[str, Callable[[StepClock, Tensor, Tensor, int], ob
 
         return run
 
-    return {name: make(*spec) for name, spec in VARIANTS.items()}
+    def early_stopping(check_every: int):
+        def run(clock: StepClock, x: Tensor, y: Tensor, steps: int) -> object:
+            return gradient_ascent(model=clock, data=x, target=own_labels, optimizer=L2ProjectedOptim,
+                                   epsilon=1e-6, lr=1e-7, steps=steps, data_range=(0.0, 1.0),
+                                   early_stop=True, check_every=check_every)
+
+        return run
+
+    variants = {name: make(*spec) for name, spec in VARIANTS.items()}
+    if own_labels is not None:
+        variants.update({name: early_stopping(k) for name, k in EARLY_STOP_CHECKS.items()})
+    return variants
 
 
 def isolated_step_ms(name: str, x: Tensor, calls: int = 20) -> float:
@@ -217,7 +239,9 @@ def time_model(name: str, device: torch.device, steps: int, repeats: int
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(batch, *shape, generator=gen).to(device)
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
-    variants = {BARE: bare_loop, **solver_variants()}
+    with torch.no_grad():
+        own_labels = net(x).argmax(1)
+    variants = {BARE: bare_loop, **solver_variants(own_labels)}
     times: dict[str, list[float]] = {v: [] for v in variants}
     for repeat in range(repeats + 1):  # repeat 0 is the untimed warm-up
         for variant, run in variants.items():

@@ -52,11 +52,16 @@ NORM = {
     "L1ProjectedOptim": 1.0,
     "L2ProjectedOptim": 2.0,
     "LinfProjectedOptim": math.inf,
+    "L1APGD": 1.0,
+    "L2APGD": 2.0,
+    "LinfAPGD": math.inf,
+    "L1qAutoFrankWolfe": 1.0,
 }
-INIT_NORM = {"l1": 1.0, "l2": 2.0, "linf": math.inf}
-NEEDS_Q = {"L1qFrankWolfe", "L1ProjectedOptim"}
+INIT_NORM = {"l1": 1.0, "l2": 2.0, "linf": math.inf, "l1_sparse": 1.0}
+NEEDS_Q = {"L1qFrankWolfe", "L1ProjectedOptim", "L1qAutoFrankWolfe", "L1APGD"}
 FRANK_WOLFE = [name for name in ATTACK_OPTIMIZERS if "FrankWolfe" in name]
 PROJECTED = [name for name in ATTACK_OPTIMIZERS if "Projected" in name]
+APGD = [name for name in ATTACK_OPTIMIZERS if "APGD" in name]
 
 
 def _options(optimizer: str, q: float = 0.5) -> dict:
@@ -123,7 +128,7 @@ def test_every_attack_optimizer_builds(optimizer):
     assert attack.optimizer_class is getattr(rai_optim, optimizer)
     assert attack.make_optimizer() is attack.optimizer_class  # no smoothing: the class itself
     assert (attack.steps, attack.lr, attack.random_init, attack.data_range) == (10, 1.0, None, (0.0, 1.0))
-    assert set(RANDOM_INITS) == {"l1", "l2", "linf"}
+    assert set(RANDOM_INITS) == {"l1", "l2", "linf", "l1_sparse"}
 
 
 @pytest.mark.parametrize(
@@ -247,6 +252,10 @@ def test_to_dict_lists_every_field():
         "early_stop": False,
         "confidence": None,
         "data_range": [0.0, 1.0],
+        "loss": "ce",
+        "restarts": 1,
+        "epsilon_schedule": None,
+        "check_every": 1,
     }
 
 
@@ -263,7 +272,7 @@ def attacks(draw):
     return Attack(
         optimizer,
         epsilon=draw(st.floats(1e-3, 100.0) | st.integers(1, 50)),
-        steps=draw(st.integers(1, 1000)),
+        steps=draw(st.integers(3, 1000)),
         lr=draw(st.floats(1e-4, 10.0)),
         options=options,
         random_init=draw(st.sampled_from([None, *RANDOM_INITS])),
@@ -272,6 +281,9 @@ def attacks(draw):
         early_stop=draw(st.booleans()),
         confidence=draw(st.none() | st.floats(0.0, 1.0)),
         data_range=data_range,
+        loss=draw(st.sampled_from(["ce", "dlr"])),
+        restarts=draw(st.integers(1, 4)),
+        epsilon_schedule=draw(st.sampled_from([None, (1.0,), (3.0, 2.0, 1.0), (2, 1)])),
     )
 
 

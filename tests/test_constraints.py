@@ -113,15 +113,21 @@ def test_l1_frank_wolfe_with_box_spreads_over_movable_pixels():
     assert_close(delta.detach(), torch.tensor([[0.1, 0.5, 0.4, 0.0]]))
 
 
-def test_l1q_frank_wolfe_box_vertex_water_fills():
+@pytest.mark.parametrize(
+    "spend_budget, expected",
+    [(True, [[0.1, 0.5, 0.0, -0.4]]), (False, [[0.1, 0.5, 0.0, 0.0]])],
+    ids=["spends", "top-k-only"],
+)
+def test_l1q_frank_wolfe_box_vertex_water_fills_then_spends_the_rest(spend_budget, expected):
     data = torch.tensor([[0.9, 0.5, 0.0, 0.5]])
     delta = torch.zeros_like(data, requires_grad=True)
     # q=0.5 keeps 2 of 4: pixel 0 can rise by 0.1 only, pixel 2 cannot fall at all
-    optim = L1qFrankWolfe([delta], q=0.5, epsilon=1.0, bounds=_box(data))
+    optim = L1qFrankWolfe([delta], q=0.5, epsilon=1.0, bounds=_box(data), spend_budget=spend_budget)
     delta.grad = torch.tensor([[-4.0, -3.0, 5.0, 1.0]])
     optim.step()
-    # movable entries by |g|: 0 (room 0.1), 1 (room 0.5), 3 (room 0.5); top-2: 0 and 1
-    assert_close(delta.detach(), torch.tensor([[0.1, 0.5, 0.0, 0.0]]))
+    # movable entries by |g|: 0 (room 0.1), 1 (room 0.5), 3 (room 0.5); the top 2 (0 and 1) take
+    # 0.6 of the budget of 1; spending it, the next movable entry (3, lowered) takes the rest
+    assert_close(delta.detach(), torch.tensor(expected))
 
 
 def test_unbounded_box_reduces_to_the_unit_lmo_step():

@@ -264,7 +264,7 @@ def test_the_shipped_l1_ensemble():
     attacks = eval_attacks(_shipped_group())
     ensemble = attacks["l1_ensemble_eps10"]
     assert isinstance(ensemble, AttackEnsemble)
-    assert ensemble.names == ("l1_eps10", "l1q_fw_eps10")
+    assert ensemble.names == ("l1_apgd_eps10", "l1q_auto_fw_eps10", "l1_eps10", "l1q_fw_eps10")
     assert ensemble.attacks["l1_eps10"] == attacks["l1_eps10"]  # members are the entries themselves
     assert (ensemble.norm, ensemble.epsilon) == ("l1", 10.0)
     # what a checkpoint records (members inline) reads back as the same ensemble

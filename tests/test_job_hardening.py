@@ -187,7 +187,7 @@ def test_a_live_jobs_directory_is_refused_untouched(tmp_path):
     assert first.returncode == 0, err
     assert job_status(out) == "complete"
     metrics = read_metrics(out)
-    assert metrics["attack"]["optimizer"] == "L1qFrankWolfe" and metrics["summary"]["n_images"] == 64
+    assert metrics["attack"]["optimizer"] == "L1qAutoFrankWolfe" and metrics["summary"]["n_images"] == 64
     assert "attack=l2" not in (out / ".hydra" / "overrides.yaml").read_text()
 
 

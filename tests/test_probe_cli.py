@@ -85,7 +85,7 @@ def test_default_command(tmp_path):
     metrics = check_job(out, n_rows=16, targeted=False)
     summary = metrics["summary"]
     assert summary["n_images"] == 16 and metrics["status"] == "complete"
-    assert metrics["attack"]["optimizer"] == "L1qFrankWolfe" and metrics["attack"]["epsilon"] == 20.0
+    assert metrics["attack"]["optimizer"] == "L1qAutoFrankWolfe" and metrics["attack"]["epsilon"] == 20.0
     assert metrics["model"]["name"] == "small_cnn_mnist5k_l2"
     assert summary["clean_accuracy"] >= 0.9  # the shipped robust model on its own test split
     assert summary["attack_success_rate"] > 0

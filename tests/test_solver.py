@@ -890,6 +890,29 @@ def test_early_stop_trace_length(clf):
     assert result.datum_loss_trace.shape == (result.steps_run + 1, len(clf.y))
 
 
+@pytest.mark.parametrize("check_every", [2, 3, 7, 100])
+@pytest.mark.parametrize("use_best", [False, "sparsest"])
+def test_check_every_gives_the_every_step_result_with_at_most_k_minus_1_more_steps(clf, check_every, use_best):
+    common = dict(model=clf.net, data=clf.x, target=clf.y, optimizer=L2ProjectedOptim, epsilon=4.0, lr=0.5,
+                  steps=60, data_range=(0.0, 1.0), early_stop=True, use_best=use_best)
+    every = gradient_ascent(**common)
+    sparse = gradient_ascent(**common, check_every=check_every)
+    assert every.steps_run < 60 and bool(every.success.all())
+    for name in ("xadv", "success", "first_success_step", "logits", "losses"):
+        assert torch.equal(getattr(sparse, name), getattr(every, name)), name
+    extra = sparse.steps_run - every.steps_run
+    assert 0 <= extra < check_every and sparse.steps_run <= 60
+    assert sparse.steps_run % check_every == 0 or sparse.steps_run == 60  # it stopped at a check
+    assert torch.equal(sparse.loss_trace[: every.steps_run + 1], every.loss_trace)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_check_every_must_be_a_positive_integer(clf, bad):
+    with pytest.raises(ValueError, match=r"`check_every` must be an integer >= 1; got check_every="):
+        gradient_ascent(model=clf.net, data=clf.x, target=clf.y, optimizer=L2ProjectedOptim, epsilon=1.0,
+                        steps=2, early_stop=True, check_every=bad)
+
+
 # --------------------------------------------------------------------------- #
 # random_restart
 # --------------------------------------------------------------------------- #

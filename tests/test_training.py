@@ -610,10 +610,16 @@ def test_eval_attacks_from_the_shipped_config():
 
     settings = OmegaConf.to_container(OmegaConf.load(CONFIGS / "eval_attacks" / "mnist.yaml"))
     attacks = eval_attacks(settings)
-    assert list(attacks) == ["l2_eps1_5", "l2_eps2", "l1_eps10", "l1q_fw_eps10", "l1_ensemble_eps10"]
+    assert list(attacks) == ["l2_eps1_5", "l2_eps2", "l1_eps10", "l1q_fw_eps10", "l1q_auto_fw_eps10",
+                             "l1_apgd_eps10", "l1_ensemble_eps10"]
     assert attacks["l2_eps1_5"] == Attack("L2ProjectedOptim", epsilon=1.5, steps=50, lr=0.1)
     assert attacks["l1q_fw_eps10"] == Attack("L1qFrankWolfe", epsilon=10.0, steps=50, options={"q": 0.99})
-    assert attacks["l1_ensemble_eps10"].attacks == {name: attacks[name] for name in ("l1_eps10", "l1q_fw_eps10")}
+    assert attacks["l1_apgd_eps10"] == Attack(
+        "L1APGD", epsilon=10.0, steps=100, random_init="l1_sparse", epsilon_schedule=(3.0, 2.0, 1.0),
+        options={"q": 0.8, "initial_step": 2.0, "checkpoints": [0.22, 0.03, 0.06]},
+    )
+    members = ("l1_apgd_eps10", "l1q_auto_fw_eps10", "l1_eps10", "l1q_fw_eps10")
+    assert attacks["l1_ensemble_eps10"].attacks == {name: attacks[name] for name in members}
     assert eval_attacks(None) == {} and eval_attacks({}) == {}
     with pytest.raises(ValueError, match=r"eval_attacks\.bad: unknown setting\(s\) \['eps'\]"):
         eval_attacks({"bad": {"optimizer": "L2ProjectedOptim", "eps": 1.0}})
@@ -623,6 +629,7 @@ TINY_RUN = [
     "n_train=128", "n_eval=40", "epochs=1", "attack.steps=2", "eval_size=40", "threads=1",
     "eval_attacks.l2_eps1_5.steps=2", "eval_attacks.l2_eps2.steps=2",
     "eval_attacks.l1_eps10.steps=2", "eval_attacks.l1q_fw_eps10.steps=2",
+    "eval_attacks.l1q_auto_fw_eps10.steps=2", "eval_attacks.l1_apgd_eps10.steps=3",
 ]
 
 
@@ -665,8 +672,9 @@ def test_train_from_config_writes_its_files(tiny_run):
     assert all(r <= report["clean_accuracy"] for r in report["robust_accuracy"].values())
     # the ensemble entry names other entries: their overridden steps are the ensemble's
     ensemble = report["attacks"]["l1_ensemble_eps10"]["ensemble"]
-    assert list(ensemble) == report["ensembles"]["l1_ensemble_eps10"]["members"] == ["l1_eps10", "l1q_fw_eps10"]
-    assert all(member["steps"] == 2 for member in ensemble.values())
+    assert list(ensemble) == report["ensembles"]["l1_ensemble_eps10"]["members"] == [
+        "l1_apgd_eps10", "l1q_auto_fw_eps10", "l1_eps10", "l1q_fw_eps10"]
+    assert [member["steps"] for member in ensemble.values()] == [3, 2, 2, 2]
 
 
 def test_checkpoint_gives_the_trained_models_logits(tiny_run):

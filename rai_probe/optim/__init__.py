@@ -16,6 +16,7 @@ unchanged by a step and counted in ``optim.skipped_rows``
 
 from . import functional, nonfinite, options
 from .options import REQUIRED
+from .apgd import L1APGD, L1qAutoFrankWolfe, L2APGD, LinfAPGD
 from .chained import ChainedParamTransformingOptimizer
 from .clamped import ClampedGradientOptimizer, ClampedParameterOptimizer
 from .frank_wolfe import FrankWolfe, L1FrankWolfe, L1qFrankWolfe, L2FrankWolfe, LinfFrankWolfe
@@ -53,6 +54,10 @@ __all__ = [
     "L2FrankWolfe",
     "LinfFrankWolfe",
     "L1qFrankWolfe",
+    "L1APGD",
+    "L2APGD",
+    "LinfAPGD",
+    "L1qAutoFrankWolfe",
 ]
 
 from . import smoothing

@@ -362,7 +362,18 @@ class L1qFrankWolfe(_FrankWolfeFamily):
     generator : torch.Generator, optional (default=torch.default_generator)
         RNG for the ``dq`` draw. Per group.
     bounds : (lower, upper), optional
-        See :class:`L1FrankWolfe`.
+        See :class:`L1FrankWolfe`. In a box, the kept entries may saturate
+        (an image pixel moves by at most its distance to 0 or 1), so the top
+        ``k`` alone may be unable to spend ε.
+    spend_budget : bool, optional (default=True)
+        With ``bounds``: when the top ``k`` movable entries cannot take the
+        whole budget, extend the vertex to the next-largest gradient entries
+        that can still move, each up to the box, until ε is spent (``q``
+        then fixes the *minimum* support of each vertex; see
+        :func:`~rai_probe.optim.functional.fw_vertex_box_`). ``False`` keeps
+        exactly ``k`` entries per vertex, which may leave budget unspent: on
+        a 28x28 image in [0, 1] with ``q=0.99`` (``k = 8``) no iterate then
+        exceeds an L1 norm of 8. No effect without ``bounds``. Per group.
 
     Examples
     --------
@@ -376,7 +387,7 @@ class L1qFrankWolfe(_FrankWolfeFamily):
     tensor([ 0.0000, -0.9000, -0.9000], requires_grad=True)
     """
 
-    _options = TOPQ_OPTIONS
+    _options = {**TOPQ_OPTIONS, "spend_budget": opt.boolean}
 
     def __init__(
         self,
@@ -391,6 +402,7 @@ class L1qFrankWolfe(_FrankWolfeFamily):
         div_by_zero_eps: float = TINY,
         generator: torch.Generator = torch.default_generator,
         bounds: tuple[float | Tensor, float | Tensor] | None = None,
+        spend_budget: bool = True,
     ) -> None:
         self._init_family(
             params,
@@ -399,7 +411,9 @@ class L1qFrankWolfe(_FrankWolfeFamily):
             use_default_lr_schedule=use_default_lr_schedule,
             param_ndim=param_ndim,
             div_by_zero_eps=div_by_zero_eps,
-            lmo_options={"q": q, "dq": dq, "generator": generator, "bounds": bounds},
+            lmo_options={
+                "q": q, "dq": dq, "generator": generator, "bounds": bounds, "spend_budget": spend_budget,
+            },
         )
 
     _norm = "l1q"
@@ -418,4 +432,9 @@ class L1qFrankWolfe(_FrankWolfeFamily):
         )
 
     def _vertex_options(self, optim_group: dict[str, Any]) -> dict[str, Any]:
-        return {"q": optim_group["q"], "dq": optim_group["dq"], "generator": optim_group["generator"]}
+        return {
+            "q": optim_group["q"],
+            "dq": optim_group["dq"],
+            "generator": optim_group["generator"],
+            "spend_budget": optim_group["spend_budget"],
+        }

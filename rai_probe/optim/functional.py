@@ -50,6 +50,8 @@ __all__ = [
     "topq",
     "l1q_normalize_",
     "l1q_normalize",
+    "movable_entries",
+    "topk_signs_",
     "project_l1_ball_",
     "project_l1_ball",
     "project_l1_ball_box_",
@@ -63,6 +65,8 @@ __all__ = [
     "lmo_l1q_",
     "fw_vertex_box_",
     "frank_wolfe_update_",
+    "apgd_checkpoints",
+    "apgd_reduce_step",
 ]
 
 #: ``epsilon`` may be one radius for all rows or a tensor of shape ``(N,)``.
@@ -425,6 +429,77 @@ def l1q_normalize_(
     return _inplace_on_flat_rows(x, lambda rows: _keep_top_k_(rows, k, k_max, values_fn))
 
 
+def movable_entries(param: Tensor, grad: Tensor, lower: Tensor | float, upper: Tensor | float) -> Tensor:
+    """Entries of ``param`` that a step against ``grad`` can still move inside ``[lower, upper]``.
+
+    A descent step ``param - t * grad`` (``t > 0``) lowers the entries with a
+    positive gradient and raises those with a negative one; an entry already
+    at the box on that side cannot move, and choosing it for a sparse step
+    wastes the step (Croce & Hein, 2021). Zero-gradient entries never move.
+
+    Parameters
+    ----------
+    param : Tensor
+        The current iterate (e.g. a perturbation ``delta``).
+    grad : Tensor
+        Its gradient, shaped like ``param``.
+    lower, upper : float or Tensor broadcastable to ``param``
+        The box.
+
+    Returns
+    -------
+    Tensor of bool, shaped like ``param``
+
+    Examples
+    --------
+    >>> delta = torch.tensor([[0.0, 1.0, 0.5, 0.5]])
+    >>> movable_entries(delta, torch.tensor([[1.0, -1.0, 1.0, 0.0]]), lower=0.0, upper=1.0)
+    tensor([[False, False,  True, False]])
+    """
+    lower = torch.as_tensor(lower, dtype=param.dtype, device=param.device)
+    upper = torch.as_tensor(upper, dtype=param.dtype, device=param.device)
+    return ((grad > 0) & (param > lower)) | ((grad < 0) & (param < upper))
+
+
+def topk_signs_(x: Tensor, k: int | Tensor, *, k_max: int | None = None, eps: float = TINY) -> Tensor:
+    """In place: keep the signs of the ``k`` largest ``|x|`` of each row, L1-normalized.
+
+    As :func:`l1q_normalize_`, but with the kept count given directly, as one
+    ``int`` or as a tensor of shape ``(N,)`` with one count per row (e.g. an
+    adaptive sparsity per image). With a tensor, pass ``k_max`` (an ``int``
+    at least ``k.max()``), so that no host sync is needed; the ``k_max``
+    largest are selected and the surplus of each row masked. Nonzero kept
+    entries share the unit L1 mass; an all-zero row stays zero.
+
+    Examples
+    --------
+    >>> x = torch.tensor([[3.0, -2.0, 1.0, 0.5], [1.0, -4.0, 2.0, 3.0]])
+    >>> topk_signs_(x.clone(), torch.tensor([1, 3]), k_max=3)
+    tensor([[ 1.0000,  0.0000,  0.0000,  0.0000],
+            [ 0.0000, -0.3333,  0.3333,  0.3333]])
+    """
+    n = _row_size(x)
+    values_fn = lambda kept: _l1_normalized_signs(kept, eps)  # noqa: E731
+    if isinstance(k, Tensor):
+        if k_max is None:
+            k_max = int(k.max()) if k.numel() else 0  # host sync: pass k_max to avoid it
+        k_max = min(max(int(k_max), 0), n)
+
+        def keep(rows: Tensor) -> None:
+            if k_max == 0:
+                rows.zero_()
+                return
+            _, index = rows.abs().topk(k_max, dim=1, sorted=True)
+            kept = rows.gather(1, index)
+            surplus = torch.arange(k_max, device=rows.device) >= k.to(rows.device).reshape(-1, 1)
+            kept = values_fn(kept.masked_fill(surplus, 0))
+            rows.zero_().scatter_(1, index, kept.to(rows.dtype))
+
+        return _inplace_on_flat_rows(x, keep)
+    k = min(max(int(k), 0), n)
+    return _inplace_on_flat_rows(x, lambda rows: _keep_top_k_(rows, k, k, values_fn))
+
+
 def l1q_normalize(
     x: Tensor,
     q: float,
@@ -609,12 +684,12 @@ def _project_l1_box_rows_(rows: Tensor, epsilon: Radius, lower: Tensor, upper: T
     radius = _radius(epsilon, work)
     clipped_norm = torch.minimum(magnitude, capacity).sum(dim=1, keepdim=True)
     inside = clipped_norm <= radius
-    # descending sweep over theta: passing |v| activates an entry, passing |v| - c saturates it
-    breakpoints = torch.cat([magnitude, magnitude - capacity], dim=1)
-    weights = torch.cat([torch.ones_like(magnitude), -torch.ones_like(magnitude)], dim=1)
-    order = breakpoints.argsort(dim=1, descending=True)
-    t = breakpoints.gather(1, order)
-    slope = weights.gather(1, order).cumsum(dim=1)  # active entries on (t[j+1], t[j])
+    # descending sweep over theta: passing |v| activates an entry, passing |v| - c saturates it.
+    # Only theta > 0 matters (theta = 0 is the `inside` case), so breakpoints below 0 are moved to
+    # 0: the same piecewise-linear norm on theta >= 0, and a sort of mostly equal keys is cheaper.
+    breakpoints = torch.cat([magnitude, (magnitude - capacity).clamp_(min=0)], dim=1)
+    t, order = breakpoints.sort(dim=1, descending=True)
+    slope = torch.where(order < n, 1.0, -1.0).to(t.dtype).cumsum(dim=1)  # active entries on (t[j+1], t[j])
     norm_at_t = torch.cat(
         [torch.zeros_like(t[:, :1]), (slope[:, :-1] * (t[:, :-1] - t[:, 1:])).cumsum(dim=1)], dim=1
     )
@@ -754,7 +829,14 @@ def _capacity(g: Tensor, radius: Radius, lower: Tensor, upper: Tensor) -> Tensor
 
 
 def _vertex_rows_(
-    rows: Tensor, norm: str, radius: Radius, lower: Tensor, upper: Tensor, k: int | Tensor, k_max: int
+    rows: Tensor,
+    norm: str,
+    radius: Radius,
+    lower: Tensor,
+    upper: Tensor,
+    k: int | Tensor,
+    k_max: int,
+    spend_budget: bool = True,
 ) -> None:
     """``rows <- argmin <rows, v>`` over ``{‖v‖ <= ε} ∩ [lower, upper]`` for 2-D ``rows``."""
     g = rows.to(torch.float64)
@@ -767,6 +849,8 @@ def _vertex_rows_(
         room = capacity.gather(1, order)
         spent = room.cumsum(dim=1) - room
         amount = torch.zeros_like(g).scatter_(1, order, (radius - spent).clamp(min=0).minimum(room))
+    elif norm == "l1q" and spend_budget:
+        amount = _l1q_spending_amounts(g, capacity, radius, k, k_max)
     elif norm == "l1q":  # the k largest movable entries share ε equally, each up to its capacity
         score = g.abs() * (capacity > 0)
         index = score.topk(k_max, dim=1, sorted=True).indices
@@ -779,6 +863,33 @@ def _vertex_rows_(
     else:  # pragma: no cover - internal
         raise ValueError(norm)
     rows.copy_(torch.where(amount > 0, -amount.copysign(g), 0.0))
+
+
+def _l1q_spending_amounts(g: Tensor, capacity: Tensor, radius: Radius, k: int | Tensor, k_max: int) -> Tensor:
+    """The L1q vertex amounts that spend ε: water-fill the top ``k`` movable entries, then extend.
+
+    Entries are ranked by ``|g|`` among those that can move (capacity > 0).
+    The first ``k`` share ε equally, each capped by its capacity
+    (:func:`_water_fill`); whatever budget their capacities leave unspent goes
+    to the next entries in the same order, each filled up to its capacity
+    (a fractional knapsack), until ε is spent or no entry can move. So ``q``
+    sets the minimum support, and the vertex has L1 norm
+    ``min(ε, total capacity)``.
+    """
+    score = g.abs().to(torch.float32) * (capacity > 0)  # float32 ranks: half the sort of float64
+    order = score.argsort(dim=1, descending=True)
+    room = capacity.gather(1, order)
+    width = room.shape[1]
+    position = torch.arange(width, device=g.device)
+    head_mask = position < (k if isinstance(k, int) else k.to(g.device).reshape(-1, 1))
+    head_room = room[:, :k_max].masked_fill(~head_mask[..., :k_max].expand(room.shape[0], k_max), 0.0)
+    head = _water_fill(head_room, radius)
+    left = (radius - head.sum(dim=1, keepdim=True)).clamp(min=0)
+    tail_room = room.masked_fill(head_mask, 0.0)
+    before = tail_room.cumsum(dim=1) - tail_room  # tail capacity ranked above each entry
+    sorted_amount = (left - before).clamp(min=0).minimum(tail_room)
+    sorted_amount[:, :k_max] += head
+    return torch.zeros_like(g).scatter_(1, order, sorted_amount)
 
 
 def _water_fill(room: Tensor, radius: Radius) -> Tensor:
@@ -827,6 +938,7 @@ def fw_vertex_box_(
     q: float = 0.0,
     dq: float = 0.0,
     generator: torch.Generator | None = None,
+    spend_budget: bool = True,
 ) -> Tensor:
     """In place: ``g <- argmin_v <g, v>`` over the ε-ball intersected with a box containing 0.
 
@@ -839,8 +951,14 @@ def fw_vertex_box_(
     * ``"l1"``: fractional knapsack — entries in order of ``|g|``, each moved
       against its gradient up to the box, until ε is spent;
     * ``"l1q"``: the ``k = round((1 - q) n)`` largest ``|g|`` among entries that
-      can move share ε equally, each capped by the box (water-filling); with
-      an unbounded box this is ``-ε ·`` :func:`l1q_normalize_`;
+      can move share ε equally, each capped by the box (water-filling); when
+      their capacities add up to less than ε, the rest of the budget goes to
+      the next-largest ``|g|`` among the entries that can move, each up to the
+      box, until ε is spent (``spend_budget=True``, the default: ``q`` sets
+      the *minimum* support, and the vertex has L1 norm
+      ``min(ε, Σ capacities)``). With ``spend_budget=False`` the vertex keeps
+      exactly the top ``k`` and may spend less than ε. With an unbounded box
+      both are ``-ε ·`` :func:`l1q_normalize_`;
     * ``"l2"``: ``clip(-λ g, lower, upper)`` with ``λ`` giving norm ε (sort of
       the saturation points).
 
@@ -856,6 +974,9 @@ def fw_vertex_box_(
         The box, with ``lower <= 0 <= upper``.
     q, dq, generator
         Sparsity of ``"l1q"`` (see :func:`l1q_normalize_`).
+    spend_budget : bool, optional (default=True)
+        ``"l1q"`` only: extend the support beyond the top ``k`` until ε is
+        spent (see above).
 
     Returns
     -------
@@ -867,7 +988,13 @@ def fw_vertex_box_(
     >>> g = torch.tensor([[-3.0, 2.0, 1.0]])
     >>> fw_vertex_box_(g.clone(), "l1", 2.0, lower=-0.5, upper=1.0)
     tensor([[ 1.0000, -0.5000, -0.5000]])
+
+    ``q=0.4`` keeps 2 of 3 entries, whose box leaves room for 1.5 of the
+    budget of 2; the third entry takes the rest, unless ``spend_budget=False``:
+
     >>> fw_vertex_box_(g.clone(), "l1q", 2.0, lower=-0.5, upper=1.0, q=0.4)
+    tensor([[ 1.0000, -0.5000, -0.5000]])
+    >>> fw_vertex_box_(g.clone(), "l1q", 2.0, lower=-0.5, upper=1.0, q=0.4, spend_budget=False)
     tensor([[ 1.0000, -0.5000,  0.0000]])
     >>> fw_vertex_box_(g.clone(), "linf", 2.0, lower=-0.5, upper=1.0)
     tensor([[ 1.0000, -0.5000, -0.5000]])
@@ -888,7 +1015,7 @@ def fw_vertex_box_(
         shape = rows.shape
         low = lower_t.expand(g.shape).reshape(shape) if lower_t.ndim else lower_t
         high = upper_t.expand(g.shape).reshape(shape) if upper_t.ndim else upper_t
-        _vertex_rows_(rows, norm, epsilon, low, high, k, k_max)
+        _vertex_rows_(rows, norm, epsilon, low, high, k, k_max, spend_budget)
 
     return _inplace_on_flat_rows(g, vertex)
 
@@ -906,3 +1033,112 @@ def frank_wolfe_update_(param: Tensor, direction: Tensor, alpha: float, scale: f
     tensor([ 0.0000, -1.8000])
     """
     return param.mul_(1.0 - alpha).add_(direction, alpha=-alpha * scale)
+
+
+# --------------------------------------------------------------------------- #
+# APGD: the checkpoint schedule and its step-size test
+# --------------------------------------------------------------------------- #
+def apgd_checkpoints(
+    total_steps: int, first: float = 0.22, shrink: float = 0.03, least: float = 0.06
+) -> tuple[int, ...]:
+    """The iterations ``w_1 < w_2 < ...`` at which APGD checks its progress (Croce & Hein, 2020).
+
+    ``w_j = ceil(p_j · total_steps)`` with ``p_0 = 0``, ``p_1 = first`` and
+    ``p_{j+1} = p_j + max(p_j - p_{j-1} - shrink, least)``: with the defaults
+    the intervals start at 22 % of the run and shrink by 3 points each, to
+    no less than 6 %. Only the ``w_j < total_steps`` are returned (a check
+    at the last iteration could change nothing). The ``p_j`` are computed in
+    millionths, as integers, so decimal fractions give exact marks.
+
+    Parameters
+    ----------
+    total_steps : int
+        ``N_iter``, the number of iterations of the run, >= 1.
+    first, shrink, least : float, optional
+        The first interval, its shrinkage per checkpoint and the smallest
+        interval, as fractions of the run (``first`` and ``least`` > 0).
+
+    Returns
+    -------
+    tuple of int
+
+    Examples
+    --------
+    >>> apgd_checkpoints(100)
+    (22, 41, 57, 70, 80, 87, 93, 99)
+    >>> apgd_checkpoints(20)
+    (5, 9, 12, 14, 16, 18, 19)
+    >>> apgd_checkpoints(100, first=0.1, shrink=0.0, least=0.1)
+    (10, 20, 30, 40, 50, 60, 70, 80, 90)
+    """
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise SettingError(
+            f"`total_steps` must be an integer >= 1; got total_steps={total_steps!r}",
+            setting="total_steps",
+            value=total_steps,
+        )
+    unit = 1_000_000
+    first_u, shrink_u, least_u = (round(v * unit) for v in (first, shrink, least))
+    if first_u <= 0 or least_u <= 0 or shrink_u < 0:
+        raise SettingError(
+            f"apgd_checkpoints: `first` and `least` must be > 0 and `shrink` >= 0; got "
+            f"first={first!r}, shrink={shrink!r}, least={least!r}",
+            setting="first" if first_u <= 0 else ("least" if least_u <= 0 else "shrink"),
+            value=(first, shrink, least),
+        )
+    previous, current, marks = 0, first_u, []
+    while current <= unit:
+        mark = -(-current * total_steps // unit)  # ceil, in integers
+        if mark >= total_steps:
+            break
+        if not marks or mark > marks[-1]:
+            marks.append(mark)
+        previous, current = current, current + max(current - previous - shrink_u, least_u)
+    return tuple(marks)
+
+
+def apgd_reduce_step(
+    increases: Tensor,
+    interval: int,
+    rho: float,
+    reduced_last: Tensor,
+    best: Tensor,
+    best_at_last: Tensor,
+) -> Tensor:
+    """Per row, whether APGD halves its step size (and restarts from its best point) at a checkpoint.
+
+    For a loss being *minimized*, at the checkpoint ``w_j`` (Croce & Hein, 2020):
+
+    1. the loss fell in fewer than ``rho · (w_j - w_{j-1})`` of the
+       ``w_j - w_{j-1}`` steps since the last checkpoint (``increases``
+       counts the steps that improved on the previous iterate), or
+    2. the step size was not reduced at the last checkpoint
+       (``reduced_last`` false) and the best loss has not improved since
+       (``best >= best_at_last``).
+
+    Parameters
+    ----------
+    increases : Tensor of int, shape-(N,)
+        Steps since the last checkpoint that improved the loss.
+    interval : int
+        ``w_j - w_{j-1}``.
+    rho : float
+        Fraction of improving steps below which the step is reduced (0.75).
+    reduced_last : Tensor of bool, shape-(N,)
+        Whether the step size was reduced at the last checkpoint.
+    best, best_at_last : Tensor, shape-(N,)
+        The best loss now and at the last checkpoint.
+
+    Returns
+    -------
+    Tensor of bool, shape-(N,)
+
+    Examples
+    --------
+    >>> apgd_reduce_step(torch.tensor([10, 20, 20]), 22, 0.75, torch.tensor([False, False, True]),
+    ...                  torch.tensor([-1.0, -1.0, -1.0]), torch.tensor([0.0, -1.0, -1.0]))
+    tensor([ True,  True, False])
+    """
+    stalled = increases.to(torch.float64) < rho * interval
+    flat = ~reduced_last & (best >= best_at_last)
+    return stalled | flat

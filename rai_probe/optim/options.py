@@ -39,6 +39,7 @@ __all__ = [
     "unit_interval",
     "positive",
     "nonnegative",
+    "positive_integer",
     "optional_real",
     "lower_bound",
     "upper_bound",
@@ -118,6 +119,12 @@ def nonnegative(where: str, name: str, value: Any) -> None:
     """A finite real number >= 0."""
     if not _is_real(value) or not (0.0 <= value < math.inf):
         raise _fail(where, name, value, "a finite real number >= 0")
+
+
+def positive_integer(where: str, name: str, value: Any) -> None:
+    """An integer >= 1 (not a bool)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise _fail(where, name, value, "an integer >= 1")
 
 
 def optional_real(where: str, name: str, value: Any) -> None:

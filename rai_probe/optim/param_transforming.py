@@ -255,9 +255,28 @@ class ParamTransformingOptimizer(SkipsNonFiniteRows, Optimizer):
     }
     _all_options: ClassVar[dict[str, OptionCheck]]
 
+    #: Whether :meth:`step` needs the per-datum (per-row) losses of the current iterate
+    #: (``step(losses=...)``), as the APGD family does; solvers pass them when it is True.
+    needs_datum_losses: ClassVar[bool] = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._all_options = opt.collect_options(cls)
+
+    @classmethod
+    def takes_option(cls, name: str) -> bool:
+        """Whether this optimizer stores the per-group option ``name`` (e.g. ``"bounds"``).
+
+        The options are those the class validates per param group (its own
+        and its bases'), not the inner optimizer's.
+
+        Examples
+        --------
+        >>> from rai_probe.optim import L1qFrankWolfe, SignedGradientOptim
+        >>> L1qFrankWolfe.takes_option("bounds"), SignedGradientOptim.takes_option("bounds")
+        (True, False)
+        """
+        return name in cls._all_options
 
     def __init__(
         self,

@@ -166,7 +166,11 @@ class L1ProjectedOptim(BallConstrained, L1qNormedGradientOptim):
         A box containing 0 that the parameter must also stay in (numbers, or
         tensors shaped like the parameter; the projection onto the ball
         intersected with the box is exact), e.g. ``(0 - x, 1 - x)`` for a
-        perturbation of a valid image ``x``. Per group.
+        perturbation of a valid image ``x``. With a box, the top ``k`` are
+        chosen among the entries that the step can still move inside it
+        (:func:`~rai_probe.optim.functional.movable_entries`): an entry at
+        the box on the side the step pushes it to is skipped, so no part of
+        the step is lost to the projection (Croce & Hein, 2021). Per group.
     q, dq, div_by_zero_eps, generator
         See :class:`L1qNormedGradientOptim`; ``q`` is required.
 
@@ -212,6 +216,13 @@ class L1ProjectedOptim(BallConstrained, L1qNormedGradientOptim):
             generator=generator,
             **inner_opt_kwargs,
         )
+
+    def _pre_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:
+        if optim_group["bounds"] is not None:  # choose the top k among entries that can still move
+            lower, upper = (bound_rows(b, param) for b in optim_group["bounds"])
+            descent = param.grad if optim_group["grad_scale"] >= 0 else -param.grad
+            param.grad.masked_fill_(~F.movable_entries(param, descent, lower, upper), 0.0)
+        super()._pre_step_transform_(param, optim_group)
 
     def _post_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:
         if optim_group["bounds"] is None:

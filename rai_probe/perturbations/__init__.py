@@ -5,7 +5,9 @@ A perturbation model (:class:`AdditivePerturbation` or any module satisfying
 ``uniform_like_*_n_ball_`` initializers draw its starting point uniformly from
 an ε-ball, per row as in :mod:`rai_probe.optim`; :func:`gradient_ascent`
 pairs it with any optimizer of :mod:`rai_probe.optim` against a frozen
-classifier. See docs/perturbations.md.
+classifier; :class:`Attack` is the named recipe (optimizer, budget, loss,
+restarts, ε schedule) that the CLI and training share. See
+docs/perturbations.md.
 """
 
 from .initializers import (
@@ -15,6 +17,8 @@ from .initializers import (
 )
 from .models import AdditivePerturbation, PerturbationModel
 from .solvers import AttackResult, gradient_ascent, random_restart
+from .losses import dlr_loss, targeted_dlr_loss
+from .attacks import ATTACK_NORMS, ATTACK_OPTIMIZERS, Attack
 
 __all__ = [
     "PerturbationModel",
@@ -25,4 +29,9 @@ __all__ = [
     "gradient_ascent",
     "random_restart",
     "AttackResult",
+    "Attack",
+    "ATTACK_OPTIMIZERS",
+    "ATTACK_NORMS",
+    "dlr_loss",
+    "targeted_dlr_loss",
 ]

@@ -21,11 +21,19 @@ from torch import Tensor
 from .. import optim as _optim
 from ..errors import SettingError, SettingTypeError, UnknownSettingError
 from ..optim import ChainedParamTransformingOptimizer, LaplacianSmoothing
-from .initializers import uniform_like_l1_n_ball_, uniform_like_l2_n_ball_, uniform_like_linf_n_ball_
+from ..optim import functional as _F
+from ..optim.param_transforming import rows_shape
+from .initializers import (
+    sparse_l1_start_,
+    uniform_like_l1_n_ball_,
+    uniform_like_l2_n_ball_,
+    uniform_like_linf_n_ball_,
+)
+from .losses import LOSSES, attack_criterion
 from .models import AdditivePerturbation
-from .solvers import AttackResult, gradient_ascent
+from .solvers import AttackResult, gradient_ascent, random_restart, takes_option
 
-__all__ = ["Attack", "ATTACK_OPTIMIZERS", "RANDOM_INITS"]
+__all__ = ["Attack", "ATTACK_OPTIMIZERS", "ATTACK_NORMS", "RANDOM_INITS"]
 
 #: Optimizers an :class:`Attack` may name: those that keep the perturbation in an ε-ball.
 ATTACK_OPTIMIZERS: tuple[str, ...] = (
@@ -36,14 +44,47 @@ ATTACK_OPTIMIZERS: tuple[str, ...] = (
     "L1ProjectedOptim",
     "L2ProjectedOptim",
     "LinfProjectedOptim",
+    "L1APGD",
+    "L2APGD",
+    "LinfAPGD",
+    "L1qAutoFrankWolfe",
 )
+
+#: The norm of each attack optimizer's ε-ball.
+ATTACK_NORMS: dict[str, str] = {
+    "L1qFrankWolfe": "l1",
+    "L1FrankWolfe": "l1",
+    "L2FrankWolfe": "l2",
+    "LinfFrankWolfe": "linf",
+    "L1ProjectedOptim": "l1",
+    "L2ProjectedOptim": "l2",
+    "LinfProjectedOptim": "linf",
+    "L1APGD": "l1",
+    "L2APGD": "l2",
+    "LinfAPGD": "linf",
+    "L1qAutoFrankWolfe": "l1",
+}
+
+#: Optimizers whose step length is the attack's ``lr`` (the projected family); the Frank-Wolfe
+#: family has its own ``2 / (t + 2)`` schedule and APGD its own adaptive step sizes.
+_TAKES_LR = frozenset({"L1ProjectedOptim", "L2ProjectedOptim", "LinfProjectedOptim"})
+
+#: The Frank-Wolfe optimizers with an L1q vertex (whose support ``spend_budget=False`` caps).
+_L1Q_FW = frozenset({"L1qFrankWolfe", "L1qAutoFrankWolfe"})
+
+#: Share of the steps that the stages before the last one of an ``epsilon_schedule`` get.
+_EARLY_STAGES_SHARE = 0.6
 
 #: Random starts inside the ε-ball, by the ball's norm.
 RANDOM_INITS: dict[str, Callable[..., Any]] = {
     "l1": uniform_like_l1_n_ball_,
     "l2": uniform_like_l2_n_ball_,
     "linf": uniform_like_linf_n_ball_,
+    "l1_sparse": sparse_l1_start_,
 }
+
+#: Random starts that take the data's box (``bounds=``) so they can start on the ball ∩ box.
+_BOX_AWARE_INITS = frozenset({"l1_sparse"})
 
 
 def _probe_param(param_ndim: Any = None) -> Tensor:
@@ -106,6 +147,77 @@ def _check_data_range(data_range: Any) -> None:
         )
 
 
+def _check_schedule(schedule: Any) -> tuple[float, ...] | None:
+    if schedule is None:
+        return None
+    allowed = "None or a list of finite factors > 0 of epsilon ending with 1, e.g. [3, 2, 1]"
+    values = tuple(schedule) if isinstance(schedule, (tuple, list)) else ()
+    ok = len(values) >= 1 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in values
+    )
+    if not ok or values[-1] != 1:
+        raise SettingError(
+            f"Attack: `epsilon_schedule` must be {allowed}; got epsilon_schedule={schedule!r}",
+            setting="epsilon_schedule",
+            value=schedule,
+        )
+    return tuple(float(v) for v in values)
+
+
+def stage_steps(steps: int, stages: int) -> list[int]:
+    """How an ``epsilon_schedule`` of ``stages`` stages splits ``steps``: the last gets the rest.
+
+    The stages before the last share 60 % of the steps equally (rounded up),
+    so ``[3, 2, 1]`` over 100 steps runs 30, 30 and 40 (Croce & Hein, 2021).
+
+    Examples
+    --------
+    >>> stage_steps(100, 3), stage_steps(20, 3), stage_steps(10, 1)
+    ([30, 30, 40], [6, 6, 8], [10])
+    """
+    if stages == 1:
+        return [steps]
+    early = math.ceil(_EARLY_STAGES_SHARE * steps / (stages - 1))
+    return [early] * (stages - 1) + [steps - early * (stages - 1)]
+
+
+def _project_start_(delta: Tensor, norm: str, epsilon: float, lower: Tensor | None, upper: Tensor | None) -> Tensor:
+    """In place: a stage's start onto its ε-ball (and the data's box), as the attack's optimizer would."""
+    if norm == "l1":
+        if lower is None:
+            return _F.project_l1_ball_(delta, epsilon)
+        return _F.project_l1_ball_box_(delta, epsilon, lower, upper)
+    if norm == "l2":
+        _F.project_l2_ball_(delta, epsilon)
+    else:
+        _F.project_linf_ball_(delta, epsilon)
+    return delta if lower is None else torch.clamp(delta, lower, upper, out=delta)
+
+
+def _chain(stages: list[AttackResult]) -> AttackResult:
+    """One result for a run of stages: the last stage's, with the traces and step counts of all."""
+    last = stages[-1]
+    if len(stages) == 1:
+        return last
+    before = sum(stage.steps_run for stage in stages[:-1])
+    first = last.first_success_step
+    if first is not None:
+        first = torch.where(first >= 0, first + before, first)
+    traces = [stage.datum_loss_trace for stage in stages]
+    skipped = [stage.skipped_rows for stage in stages]
+    return AttackResult(
+        xadv=last.xadv,
+        losses=last.losses,
+        loss_trace=torch.cat([stage.loss_trace for stage in stages]),
+        datum_loss_trace=None if any(t is None for t in traces) else torch.cat(traces),
+        success=last.success,
+        first_success_step=first,
+        logits=last.logits,
+        steps_run=before + last.steps_run,
+        skipped_rows=None if None in skipped else sum(skipped),
+    )
+
+
 @dataclass(frozen=True)
 class Attack:
     """One attack: an ε-ball-constrained optimizer run by :func:`gradient_ascent`.
@@ -114,47 +226,93 @@ class Attack:
     ----------
     optimizer : str
         Name of the optimizer in :mod:`rai_probe.optim`, one of
-        :data:`ATTACK_OPTIMIZERS`.
+        :data:`ATTACK_OPTIMIZERS` (its norm: :data:`ATTACK_NORMS`).
     epsilon : float
         Radius of each image's ε-ball, > 0 (in the optimizer's norm).
     steps : int, optional (default=10)
-        Optimizer steps, >= 1.
+        Optimizer steps, >= 1 (per restart, all stages of an
+        ``epsilon_schedule`` together).
     lr : float, optional (default=1.0)
-        Step size of the inner SGD (for the projected family the step length
-        in the ball's norm, since gradients are normalized; the Frank-Wolfe
-        family ignores it and uses its own ``2 / (t + 2)`` schedule).
+        Step size of the inner SGD of the projected family (the step length
+        in the ball's norm, since gradients are normalized). The Frank-Wolfe
+        family ignores it (its own ``2 / (t + 2)`` schedule), and so does the
+        APGD family (``L1APGD``, ...: its first step is ε or 2ε long, then
+        adapts per image).
     options : Mapping, optional
         Further optimizer options, e.g. ``{"q": 0.99, "dq": 0.0}`` for the
         sparse optimizers.
-    random_init : {"l1", "l2", "linf"} or None, optional (default=None)
+    random_init : {"l1", "l2", "linf", "l1_sparse"} or None, optional (default=None)
         Start from a uniform draw in the ball of that norm and radius
-        ``epsilon`` instead of from zero.
+        ``epsilon`` (the first stage's with an ``epsilon_schedule``) instead
+        of from zero; ``"l1_sparse"``: a gaussian draw projected onto the L1
+        ball ∩ box (:func:`~rai_probe.perturbations.initializers.sparse_l1_start_`),
+        a sparse start on the sphere, the one :class:`~rai_probe.optim.L1APGD`
+        works best from. Each restart draws a new start.
     smoothing_sigma : float or None, optional (default=None)
         Laplacian-smooth each gradient (:class:`~rai_probe.optim.LaplacianSmoothing`,
         one ring per image) with this ``sigma`` before the optimizer's own
-        transform. Not with the Frank-Wolfe family.
+        transform. Only with the projected family.
     targeted : bool, optional (default=False)
         Lower the loss toward the given targets instead of raising it.
-    use_best, early_stop, confidence
-        See :func:`~rai_probe.perturbations.gradient_ascent`.
+    use_best : bool, optional (default=False)
+        Return each image's best iterate instead of the last one: one that
+        meets the goal when the image has any, else the one with the best
+        loss. Among the successful iterates, the L1 attacks (sparse
+        explanations) take the sparsest, fewest changed pixels first
+        (``gradient_ascent(use_best="sparsest")``), the L2 and L∞ attacks
+        the best loss (``use_best="success"``).
+    early_stop, confidence, check_every
+        See :func:`~rai_probe.perturbations.gradient_ascent`
+        (``check_every``: with ``early_stop``, ask whether all images are
+        done only every that many steps; default 1).
     data_range : (float, float) or None, optional (default=(0.0, 1.0))
         Valid input range the perturbed images stay in.
+    loss : {"ce", "dlr"}, optional (default="ce")
+        The criterion: cross-entropy, or the Difference of Logits Ratio of
+        Croce & Hein (2020), untargeted or targeted with the attack
+        (:mod:`rai_probe.perturbations.losses`; needs 3 or 4 classes).
+    restarts : int, optional (default=1)
+        Run the attack this many times and keep, per image, the best result:
+        a success beats a failure, then the better loss. With a
+        ``random_init`` each restart draws a new start from the generator;
+        without randomness (no random start, ``dq = 0``) restarts repeat the
+        same run.
+    epsilon_schedule : sequence of float or None, optional (default=None)
+        Run the steps in stages of radius ``factor · epsilon``, e.g.
+        ``[3, 2, 1]`` (Croce & Hein, 2021): each stage starts from the
+        previous stage's best point projected onto its own ball (and the
+        box), with fresh optimizer state; the stages before the last share
+        60 % of the steps (:func:`stage_steps`; 30, 30, 40 of 100) and keep
+        their best-loss iterate; only the last stage, at ``epsilon`` itself,
+        uses ``use_best`` and ``early_stop`` and gives the result. Must end
+        with 1.
 
     Raises
     ------
     ValueError
-        Unknown optimizer or random start, ``epsilon <= 0``, ``steps < 1``,
-        smoothing with a Frank-Wolfe optimizer, or an option the optimizer
-        rejects (its own message, naming the option and its allowed range).
+        Unknown optimizer, random start or loss, ``epsilon <= 0``,
+        ``steps < 1``, ``restarts < 1``, a bad ``epsilon_schedule``,
+        smoothing with a Frank-Wolfe or APGD optimizer, or an option the
+        optimizer rejects (its own message, naming the option and its
+        allowed range).
     TypeError
         An option the optimizer does not take.
+
+    Notes
+    -----
+    **Budget.** :meth:`reachable_norm` says how large (in the attack's norm)
+    any iterate can get for data of a given shape in the box, so a caller
+    can warn before attacking when a configuration cannot spend its budget
+    (:meth:`budget_note` words it); ``L1qFrankWolfe`` with
+    ``spend_budget=False`` is the case that needs it (``k`` kept entries,
+    each moving by at most the data range).
 
     Examples
     --------
     A sparse L1 attack that keeps the top 10 % of each gradient (2 of the 16 pixels):
 
     >>> import torch
-    >>> from rai_probe.perturbations.attacks import Attack
+    >>> from rai_probe.perturbations import Attack
     >>> attack = Attack("L1qFrankWolfe", epsilon=5.0, steps=20, options={"q": 0.9})
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     >>> images, labels = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
@@ -162,6 +320,14 @@ class Attack:
     >>> l1 = (result.xadv - images).flatten(1).abs().sum(dim=1)
     >>> bool((l1 <= 5.0 + 1e-4).all()), bool(((result.xadv >= 0) & (result.xadv <= 1)).all())
     (True, True)
+
+    APGD-L1 with the 3ε → 2ε → ε schedule, the DLR loss and two random restarts:
+
+    >>> apgd = Attack("L1APGD", epsilon=5.0, steps=12, loss="dlr", restarts=2, random_init="l1",
+    ...               epsilon_schedule=[3, 2, 1], use_best=True)
+    >>> result = apgd.run(model, images, labels, generator=torch.Generator().manual_seed(0))
+    >>> bool(((result.xadv - images).flatten(1).abs().sum(dim=1) <= 5.0 + 1e-4).all())
+    True
 
     Bad options fail when the attack is described, not when it runs:
 
@@ -183,6 +349,10 @@ class Attack:
     early_stop: bool = False
     confidence: float | None = None
     data_range: tuple[float, float] | None = (0.0, 1.0)
+    loss: str = "ce"
+    restarts: int = 1
+    epsilon_schedule: tuple[float, ...] | None = None
+    check_every: int = 1
 
     def __post_init__(self) -> None:
         if self.optimizer not in ATTACK_OPTIMIZERS:
@@ -192,9 +362,11 @@ class Attack:
                 value=self.optimizer,
             )
         _check_number("epsilon", self.epsilon, "a finite number > 0", low_open=0.0)
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise SettingError(f"Attack: `steps` must be an integer >= 1; got steps={self.steps!r}",
-                               setting="steps", value=self.steps)
+        for name in ("steps", "restarts", "check_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SettingError(f"Attack: `{name}` must be an integer >= 1; got {name}={value!r}",
+                                   setting=name, value=value)
         _check_number("lr", self.lr, "a finite number > 0", low_open=0.0)
         if self.random_init is not None and self.random_init not in RANDOM_INITS:
             raise SettingError(
@@ -203,12 +375,27 @@ class Attack:
                 setting="random_init",
                 value=self.random_init,
             )
+        if self.loss not in LOSSES:
+            raise SettingError(
+                f"Attack: `loss` must be one of {', '.join(LOSSES)}; got loss={self.loss!r}",
+                setting="loss",
+                value=self.loss,
+            )
+        object.__setattr__(self, "epsilon_schedule", _check_schedule(self.epsilon_schedule))
+        if self.epsilon_schedule is not None and self.steps < len(self.epsilon_schedule):
+            raise SettingError(
+                f"Attack: `steps` must be at least the number of stages of epsilon_schedule "
+                f"({len(self.epsilon_schedule)}); got steps={self.steps}",
+                setting="steps",
+                value=self.steps,
+            )
         if self.smoothing_sigma is not None:
             _check_number("smoothing_sigma", self.smoothing_sigma, "None or a finite number > 0", low_open=0.0)
-            if "FrankWolfe" in self.optimizer:
+            if self.optimizer not in _TAKES_LR:
                 raise SettingError(
                     "Attack: `smoothing_sigma` needs a projected optimizer (the Frank-Wolfe family "
-                    f"steps to a vertex of the ball, not along the smoothed gradient); got {self.optimizer}",
+                    "steps to a vertex of the ball, not along the smoothed gradient, and APGD needs "
+                    f"the per-image losses a chain does not pass); got {self.optimizer}",
                     setting="smoothing_sigma",
                     value=self.smoothing_sigma,
                 )
@@ -244,7 +431,7 @@ class Attack:
                 setting=unknown[0],
                 value=self.options[unknown[0]],
             )
-        return factory([param], **self._optimizer_kwargs(self.epsilon))
+        return factory([param], **self._optimizer_kwargs(self.epsilon, self.steps))
 
     def check_shape(self, data_shape: tuple[int, ...]) -> None:
         """Check the options against perturbations of data of shape ``data_shape`` (``(N, ...)``).
@@ -280,6 +467,106 @@ class Attack:
         self._build_on(torch.zeros((1, *data_shape[1:]) if data_shape else (1,), requires_grad=True))
 
     @property
+    def norm(self) -> str:
+        """The norm of the attack's ε-ball: ``"l1"``, ``"l2"`` or ``"linf"``."""
+        return ATTACK_NORMS[self.optimizer]
+
+    def reachable_norm(
+        self, data_shape: tuple[int, ...], data_range: tuple[float, float] | None | str = "attack"
+    ) -> float:
+        """The largest norm (in the attack's norm) that any iterate can reach for such data.
+
+        An iterate is a perturbation of one datum of ``data_shape[1:]`` (one
+        row per datum, or rows as the ``param_ndim`` option makes them),
+        inside the ε-ball and, with a data range, inside the box
+        ``[low - x, high - x]`` of a datum ``x`` in the range: each entry
+        moves by at most ``high - low``. So the bound is
+        ``min(ε, n · (high - low))`` for L1 (``n`` entries per row),
+        ``min(ε, sqrt(n) · (high - low))`` for L2 and ``min(ε, high - low)``
+        for L∞; ε itself without a data range. An ``L1qFrankWolfe`` with
+        ``spend_budget=False`` keeps ``k = round((1 - q) n)`` entries per
+        vertex (the fewest ``dq`` may draw), so its iterates stay within
+        ``min(ε, k · (high - low))``: when that is below ε, the configuration
+        cannot spend its budget (lower ``q``, or keep ``spend_budget=True``).
+        With an ``epsilon_schedule`` the bound is that of the last stage, at
+        ``epsilon`` (earlier stages explore larger balls; only the last one's
+        iterates are returned).
+
+        Parameters
+        ----------
+        data_shape : tuple of int
+            The data's shape, ``(N, ...)`` (as for :meth:`check_shape`).
+        data_range : (low, high) or None, optional
+            The box; default: the attack's own ``data_range``.
+
+        Returns
+        -------
+        float
+            At most ``epsilon``; ``math.inf`` never occurs, since every
+            attack has its ε-ball.
+
+        Examples
+        --------
+        >>> fw = Attack("L1qFrankWolfe", epsilon=10.0, options={"q": 0.99})
+        >>> fw.reachable_norm((1, 1, 28, 28))                 # spends the budget: 784 pixels could move
+        10.0
+        >>> fw.with_(options={"q": 0.99, "spend_budget": False}).reachable_norm((1, 1, 28, 28))
+        8.0
+        >>> Attack("LinfProjectedOptim", epsilon=2.0).reachable_norm((1, 3, 8, 8), data_range=(0, 1))
+        1.0
+        """
+        low_high = self.data_range if data_range == "attack" else data_range
+        shape = tuple(data_shape)
+        rows = rows_shape(shape if shape else (1,), self.options.get("param_ndim", -1))
+        n = math.prod(rows[1:])
+        if low_high is None:
+            return float(self.epsilon)
+        width = float(low_high[1]) - float(low_high[0])
+        if self.norm == "l1":
+            entries = n
+            if self.optimizer in _L1Q_FW and not self.options.get("spend_budget", True):
+                q, dq = self.options.get("q", 0.0), self.options.get("dq", 0.0)
+                entries = _F.num_kept(n, min(1.0, q + dq))
+            reach = entries * width
+        elif self.norm == "l2":
+            reach = math.sqrt(n) * width
+        else:
+            reach = width if n else 0.0
+        return float(min(self.epsilon, reach))
+
+    def budget_note(self, data_shape: tuple[int, ...], data_range: tuple[float, float] | None | str = "attack") -> str | None:
+        """One line saying why the attack cannot spend its budget on such data, or ``None`` if it can.
+
+        Examples
+        --------
+        >>> fw = Attack("L1qFrankWolfe", epsilon=10.0, options={"q": 0.99, "spend_budget": False})
+        >>> print(fw.budget_note((16, 1, 28, 28)))
+        L1qFrankWolfe with q=0.99 and spend_budget=False keeps 8 of 784 entries per step, each moving by at most 1 in data_range [0.0, 1.0]: no iterate can exceed an L1 norm of 8 < epsilon=10 (lower q, or set spend_budget=true)
+        >>> Attack("L1qFrankWolfe", epsilon=10.0, options={"q": 0.99}).budget_note((16, 1, 28, 28)) is None
+        True
+        """
+        reach = self.reachable_norm(data_shape, data_range)
+        if reach >= self.epsilon:
+            return None
+        low_high = self.data_range if data_range == "attack" else data_range
+        width = float(low_high[1]) - float(low_high[0])
+        shape = tuple(data_shape)
+        n = math.prod(rows_shape(shape if shape else (1,), self.options.get("param_ndim", -1))[1:])
+        norm = {"l1": "L1", "l2": "L2", "linf": "L∞"}[self.norm]
+        where = f"in data_range [{float(low_high[0])}, {float(low_high[1])}]"
+        if self.optimizer in _L1Q_FW and not self.options.get("spend_budget", True):
+            k = round(reach / width) if width else 0
+            return (
+                f"{self.optimizer} with q={self.options.get('q')} and spend_budget=False keeps {k} of "
+                f"{n} entries per step, each moving by at most {width:g} {where}: no iterate can exceed "
+                f"an {norm} norm of {reach:g} < epsilon={self.epsilon:g} (lower q, or set spend_budget=true)"
+            )
+        return (
+            f"{self.optimizer}: perturbations of {n} entries, each moving by at most {width:g} {where}, "
+            f"cannot exceed an {norm} norm of {reach:g} < epsilon={self.epsilon:g}"
+        )
+
+    @property
     def optimizer_class(self) -> type[torch.optim.Optimizer]:
         """The optimizer class of :mod:`rai_probe.optim` that :attr:`optimizer` names."""
         return getattr(_optim, self.optimizer)
@@ -303,10 +590,12 @@ class Attack:
 
         return smoothed
 
-    def _optimizer_kwargs(self, epsilon: float | Tensor) -> dict[str, Any]:
+    def _optimizer_kwargs(self, epsilon: float | Tensor, steps: int) -> dict[str, Any]:
         kwargs = {"epsilon": epsilon, **self.options}
-        if "FrankWolfe" not in self.optimizer:
+        if self.optimizer in _TAKES_LR:
             kwargs["lr"] = self.lr
+        if takes_option(self.optimizer_class, "total_steps"):
+            kwargs.setdefault("total_steps", steps)
         return kwargs
 
     @classmethod
@@ -314,7 +603,8 @@ class Attack:
         """Build an attack from plain data (a config entry); an unknown key is an error naming it.
 
         Values are taken as they are (a string is never read as a number or a
-        boolean); integer ``epsilon`` and ``data_range`` bounds become floats.
+        boolean); integer ``epsilon`` and ``data_range`` bounds become floats,
+        and an ``epsilon_schedule`` list a tuple.
 
         Raises
         ------
@@ -327,10 +617,12 @@ class Attack:
         --------
         >>> Attack.from_dict({"optimizer": "L2ProjectedOptim", "epsilon": 1.5, "steps": 5}).lr
         1.0
+        >>> Attack.from_dict({"optimizer": "L1APGD", "epsilon": 10, "restarts": 2}).restarts
+        2
         >>> Attack.from_dict({"optimizer": "L2ProjectedOptim", "epsilon": 1.5, "stpes": 5})
         Traceback (most recent call last):
         ...
-        rai_probe.errors.UnknownSettingError: attack: unknown setting(s) ['stpes']; allowed: optimizer, epsilon, steps, lr, options, random_init, smoothing_sigma, targeted, use_best, early_stop, confidence, data_range
+        rai_probe.errors.UnknownSettingError: attack: unknown setting(s) ['stpes']; allowed: optimizer, epsilon, steps, lr, options, random_init, smoothing_sigma, targeted, use_best, early_stop, confidence, data_range, loss, restarts, epsilon_schedule, check_every
         """
         if not isinstance(settings, Mapping):
             raise SettingTypeError(f"{where}: must be a mapping of settings; got {settings!r}", setting=None, value=settings)
@@ -359,6 +651,7 @@ class Attack:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["options"] = dict(self.options)
         values["data_range"] = list(self.data_range) if self.data_range is not None else None
+        values["epsilon_schedule"] = list(self.epsilon_schedule) if self.epsilon_schedule is not None else None
         return values
 
     def with_(self, **changes: Any) -> "Attack":
@@ -377,35 +670,87 @@ class Attack:
         """Attack ``model`` at ``images``: see :func:`~rai_probe.perturbations.gradient_ascent`.
 
         ``target`` holds the true labels (untargeted) or the target classes
-        (targeted); ``generator`` seeds the random start and any random
-        tie-breaking of the optimizer.
+        (targeted); ``generator`` seeds the random starts and any random
+        tie-breaking of the optimizer. With ``restarts > 1`` the runs are
+        merged per image (:func:`~rai_probe.perturbations.random_restart`
+        with ``prefer_success=True``): ``loss_trace`` then has one row per
+        restart; with an ``epsilon_schedule`` each row holds the stages one
+        after the other, and ``steps_run`` and ``first_success_step`` count
+        the steps of all stages.
         """
-        if self.random_init is None:
-            perturbation = AdditivePerturbation
-        else:
-            init_kwargs: dict[str, Any] = {"epsilon": self.epsilon}
-            if generator is not None:
-                init_kwargs["generator"] = generator
-            # the solver clamps this start into data_range (moving entries toward 0 keeps it in the ball)
-            perturbation = functools.partial(
-                AdditivePerturbation, init_fn=RANDOM_INITS[self.random_init], **init_kwargs
-            )
+        criterion = attack_criterion(self.loss, self.targeted)
 
-        kwargs = self._optimizer_kwargs(self.epsilon)
-        if generator is not None and "generator" in getattr(self.optimizer_class, "_all_options", {}):
-            kwargs.setdefault("generator", generator)
-        return gradient_ascent(
-            model=model,
-            data=images,
-            target=target,
-            optimizer=self.make_optimizer(),
-            steps=self.steps,
-            perturbation_model=perturbation,
-            targeted=self.targeted,
-            use_best=self.use_best,
-            early_stop=self.early_stop,
-            confidence=self.confidence,
-            data_range=self.data_range,
-            progress=progress,
-            **kwargs,
-        )
+        def one_run(**_: Any) -> AttackResult:
+            return self._run_once(model, images, target, generator, progress, criterion)
+
+        if self.restarts == 1:
+            return one_run()
+        return random_restart(one_run, self.restarts, prefer_success=True)(targeted=self.targeted)
+
+    def _run_once(
+        self,
+        model: Callable[[Tensor], Tensor],
+        images: Tensor,
+        target: Tensor,
+        generator: torch.Generator | None,
+        progress: bool,
+        criterion: Callable[[Tensor, Tensor], Tensor] | None,
+    ) -> AttackResult:
+        factors = self.epsilon_schedule or (1.0,)
+        plan = list(zip(factors, stage_steps(self.steps, len(factors))))
+        start: Tensor | None = None
+        stages: list[AttackResult] = []
+        for index, (factor, steps) in enumerate(plan):
+            epsilon = self.epsilon * factor
+            last = index == len(plan) - 1
+            perturbation = self._perturbation(images, epsilon, start, generator)
+            kwargs = self._optimizer_kwargs(epsilon, steps)
+            if generator is not None and takes_option(self.optimizer_class, "generator"):
+                kwargs.setdefault("generator", generator)
+            result = gradient_ascent(
+                model=model,
+                data=images,
+                target=target,
+                optimizer=self.make_optimizer(),
+                steps=steps,
+                perturbation_model=perturbation,
+                targeted=self.targeted,
+                use_best=(("sparsest" if self.norm == "l1" else "success") if self.use_best else False)
+                if last else "loss",
+                early_stop=self.early_stop and last,
+                check_every=self.check_every,
+                confidence=self.confidence,
+                data_range=self.data_range,
+                progress=progress,
+                criterion=criterion,
+                **kwargs,
+            )
+            stages.append(result)
+            start = (result.xadv - images.to(result.xadv.dtype)).detach()
+        return _chain(stages)
+
+    def _perturbation(
+        self, images: Tensor, epsilon: float, start: Tensor | None, generator: torch.Generator | None
+    ) -> Any:
+        """The perturbation model of a stage: a random or zero start, or the previous stage's point."""
+        if start is not None:
+            lower = upper = None
+            if self.data_range is not None:
+                data = images.to(start.dtype)
+                lower, upper = self.data_range[0] - data, self.data_range[1] - data
+            begin = _project_start_(start.clone(), self.norm, epsilon, lower, upper)
+
+            def from_previous_stage(delta: Tensor) -> Tensor:
+                return delta.copy_(begin)
+
+            return functools.partial(AdditivePerturbation, init_fn=from_previous_stage)
+        if self.random_init is None:
+            return AdditivePerturbation
+        init_kwargs: dict[str, Any] = {"epsilon": epsilon}
+        if generator is not None:
+            init_kwargs["generator"] = generator
+        if self.random_init in _BOX_AWARE_INITS and self.data_range is not None:
+            data = images.to(torch.float64 if images.dtype == torch.float64 else torch.float32)
+            init_kwargs["bounds"] = (self.data_range[0] - data, self.data_range[1] - data)
+        # the solver clamps this start into data_range (moving entries toward 0 keeps it in the ball)
+        return functools.partial(AdditivePerturbation, init_fn=RANDOM_INITS[self.random_init], **init_kwargs)

@@ -18,7 +18,7 @@ from ..optim.constraints import bound_rows
 from ..optim.nonfinite import SkipsNonFiniteRows
 from .models import AdditivePerturbation
 
-__all__ = ["AttackResult", "gradient_ascent", "random_restart", "frozen_eval"]
+__all__ = ["AttackResult", "gradient_ascent", "random_restart", "frozen_eval", "takes_option", "optimizer_class"]
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ class _Box:
         self.lower = low - data
         self.upper = high - data
         self.group = None
-        if "bounds" in getattr(type(optimizer), "_all_options", {}):
+        if takes_option(optimizer, "bounds"):
             groups = [g for g in optimizer.param_groups if any(p is delta for p in g["params"])]
             if len(groups) == 1 and len(groups[0]["params"]) == 1:
                 self.group = groups[0]
@@ -300,6 +300,43 @@ class _Box:
     def after_step_(self) -> None:
         # bounded optimizers are exact up to rounding; the clamp removes ulp-level excursions
         self.clamp_()
+
+
+def takes_option(optimizer: Any, name: str) -> bool:
+    """Whether ``optimizer`` (an optimizer, its class or a partial of it) stores the option ``name``.
+
+    Asks the class's :meth:`~rai_probe.optim.ParamTransformingOptimizer.takes_option`;
+    optimizers without that question (plain ``torch.optim`` ones) take none.
+
+    Examples
+    --------
+    >>> from functools import partial
+    >>> from rai_probe.optim import L1qFrankWolfe
+    >>> takes_option(partial(L1qFrankWolfe, q=0.9), "bounds"), takes_option(torch.optim.SGD, "bounds")
+    (True, False)
+    """
+    cls = optimizer_class(optimizer)
+    question = getattr(cls, "takes_option", None)
+    return bool(question(name)) if callable(question) else False
+
+
+def optimizer_class(optimizer: Any) -> type | None:
+    """The optimizer class behind an instance, a class or a (nested) ``functools.partial``; else None."""
+    while isinstance(optimizer, functools.partial):
+        optimizer = optimizer.func
+    if isinstance(optimizer, type):
+        return optimizer
+    if isinstance(optimizer, Optimizer):
+        return type(optimizer)
+    return None
+
+
+def _partial_keywords(factory: Any) -> dict[str, Any]:
+    keywords: dict[str, Any] = {}
+    while isinstance(factory, functools.partial):
+        keywords = {**factory.keywords, **keywords}
+        factory = factory.func
+    return keywords
 
 
 def _build(factory: Any, what: str, *args: Any, **kwargs: Any) -> Any:
@@ -330,13 +367,14 @@ def gradient_ascent(
     steps: int,
     perturbation_model: Any = AdditivePerturbation,
     targeted: bool = False,
-    use_best: bool = False,
+    use_best: bool | str = False,
     criterion: Callable[[Tensor, Tensor], Tensor] | None = None,
     reduction_fn: Callable[[Tensor], Tensor] = torch.sum,
     data_range: tuple[float, float] | None = None,
     early_stop: bool = False,
     confidence: float | None = None,
     progress: bool = False,
+    check_every: int = 1,
     **optim_kwargs: Any,
 ) -> AttackResult:
     """Optimize a perturbation of ``data`` to raise (or, targeted, lower) a frozen model's loss.
@@ -375,9 +413,16 @@ def gradient_ascent(
         Built as ``perturbation_model(data)`` unless it is an instance.
     targeted : bool, optional (default=False)
         Minimize instead of maximize the loss.
-    use_best : bool, optional (default=False)
-        Return, per datum, the iterate with the best loss seen (initial and
-        final iterates included) instead of the final one.
+    use_best : bool or {"loss", "success"}, optional (default=False)
+        Return, per datum, the best iterate seen (initial and final iterates
+        included) instead of the final one. ``True`` or ``"loss"``: the best
+        loss. ``"success"``: an iterate that meets the goal when the datum
+        has any (the best loss among those), else the best loss; needs a
+        classifier (else it is ``"loss"``). An attack that counts any
+        adversarial iterate it visits, as robust-accuracy evaluations do.
+        ``"sparsest"``: as ``"success"``, but among the successful iterates
+        the one whose perturbation ``xadv - data`` has the fewest nonzero
+        entries (then the best loss): the sparsest explanation found.
     criterion : Callable[[Tensor, Tensor], Tensor], optional
         Default: ``CrossEntropyLoss(reduction="none")``. Must return one loss
         per datum when ``use_best`` or ``early_stop`` is set.
@@ -398,12 +443,20 @@ def gradient_ascent(
         Freeze each datum once its goal is met (untargeted: misclassified;
         targeted: classified as ``target``, with at least ``confidence``), so
         its perturbation is left untouched, and end the run once all are done
-        (the check syncs with the device once per step). Needs a classifier,
-        per-datum perturbation parameters and per-datum losses.
+        (that check syncs with the device; see ``check_every``). Needs a
+        classifier, per-datum perturbation parameters and per-datum losses.
     confidence : float, optional
         Targeted goal: the target's softmax probability must reach it.
     progress : bool, optional (default=False)
         Log the loss and success rate about ten times during the run.
+    check_every : int, optional (default=1)
+        With ``early_stop``: ask whether every datum is done (the one host
+        sync of a step) only every ``check_every`` steps, so an accelerator
+        is not stalled at each step. Freezing stays per step and on the
+        device, so the result (``xadv``, ``success``, ``first_success_step``,
+        the best iterates) is exactly that of ``check_every=1``; only
+        ``steps_run`` may count up to ``check_every - 1`` more steps, run
+        after the last datum succeeded and changing nothing. >= 1.
     **optim_kwargs
         Passed to ``optimizer`` (e.g. ``q=0.99, epsilon=20.0``).
 
@@ -430,15 +483,37 @@ def gradient_ascent(
     tensor([-0.5000,  1.5000])
     """
     _check_inputs(data, target, steps, data_range, confidence)
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise SettingError(
+            f"`check_every` must be an integer >= 1; got check_every={check_every!r}",
+            setting="check_every",
+            value=check_every,
+        )
+    if use_best not in (False, True, "loss", "success", "sparsest") or (isinstance(use_best, int) and not isinstance(use_best, bool)):
+        raise SettingError(
+            f"`use_best` must be True, False, 'loss', 'success' or 'sparsest'; got use_best={use_best!r}",
+            setting="use_best",
+            value=use_best,
+        )
     if criterion is None:
         criterion = nn.CrossEntropyLoss(reduction="none")
-    needs_per_datum = "use_best=True" if use_best else ("early_stop=True" if early_stop else None)
+    needs_per_datum = f"use_best={use_best!r}" if use_best else ("early_stop=True" if early_stop else None)
     data = data.detach()
     n = data.shape[0]
 
     perturbation = _build(perturbation_model, "perturbation_model", data)
     params = list(perturbation.parameters())
+    if (
+        not isinstance(optimizer, Optimizer)
+        and takes_option(optimizer, "total_steps")
+        and "total_steps" not in optim_kwargs
+        and "total_steps" not in _partial_keywords(optimizer)
+    ):
+        optim_kwargs = {**optim_kwargs, "total_steps": steps}  # APGD places its checkpoints by it
     optim = _build(optimizer, "optimizer", params, **optim_kwargs)
+    needs_losses = bool(getattr(optim, "needs_datum_losses", False))
+    if needs_losses and needs_per_datum is None:
+        needs_per_datum = f"the optimizer ({type(optim).__name__}) needs per-datum losses"
     held = {id(p) for group in optim.param_groups for p in group["params"]}
     if not all(id(p) in held for p in params):
         raise SettingError(
@@ -470,13 +545,14 @@ def gradient_ascent(
 
     trace: list[Tensor] = []
     datum_trace: list[Tensor] = []
-    best_x = best_losses = best_logits = success = first_success = None
+    best_x = best_losses = best_logits = best_success = best_sparsity = success = first_success = None
     has_success = False
     report_every = max(1, steps // 10)
     steps_run = 0
 
     def evaluate(step: int) -> tuple[Tensor, Tensor, Tensor]:
-        nonlocal has_success, success, first_success, best_x, best_losses, best_logits
+        nonlocal has_success, success, first_success, best_x, best_losses, best_logits, best_success
+        nonlocal best_sparsity
         xadv = perturbation(data)
         if clamp_output:
             xadv = xadv.clamp(*data_range)
@@ -510,12 +586,28 @@ def gradient_ascent(
             first_success = torch.where(success & (first_success < 0), step, first_success)
         if use_best:
             current = losses.detach()
+            by_success = use_best in ("success", "sparsest") and has_success
+            sparsity = None
+            if use_best == "sparsest" and has_success:
+                sparsity = (xadv.detach() != data).reshape(n, -1).sum(dim=1) if n else None
             if best_losses is None:
                 best_x, best_losses = xadv.detach().clone(), current.clone()
                 best_logits = logits.detach().clone()
+                best_success = success.clone() if by_success else None
+                best_sparsity = sparsity
             else:
                 better = current < best_losses if targeted else current > best_losses
                 better &= finite.to(better.device)
+                if by_success:  # a success beats a failure; among equals, the better loss
+                    met = success.to(better.device)
+                    if sparsity is not None:  # among successes: fewer changed entries, then the loss
+                        fewer = (sparsity < best_sparsity) | ((sparsity == best_sparsity) & better)
+                        better = (met & ~best_success) | (met & best_success & fewer) | (
+                            ~met & ~best_success & better)
+                        best_sparsity = torch.where(better, sparsity, best_sparsity)
+                    else:
+                        better = (met & ~best_success) | (better & (met | ~best_success))
+                    best_success = best_success | met
                 best_losses = torch.where(better, current, best_losses)
                 best_x = torch.where(_rows(better, xadv), xadv.detach(), best_x)
                 best_logits = torch.where(_rows(better, logits), logits.detach(), best_logits)
@@ -527,14 +619,17 @@ def gradient_ascent(
         for step in range(steps if n else 0):  # an empty batch: nothing to optimize
             xadv, logits, losses = evaluate(step)
             frozen = success if early_stop else None
-            if frozen is not None and bool(frozen.all()):  # one host sync per step
+            if frozen is not None and step % check_every == 0 and bool(frozen.all()):  # the host sync
                 final = (xadv, logits, losses)  # nothing moved since: no re-evaluation
                 break
             objective = reduction_fn(losses)
             optim.zero_grad(set_to_none=True)
             (objective if targeted else -objective).backward()
             saved = [p.detach().clone() for p in params] if frozen is not None else None
-            optim.step()
+            if needs_losses:  # the value the optimizer minimizes, per datum
+                optim.step(losses=(losses if targeted else -losses).detach())
+            else:
+                optim.step()
             steps_run += 1
             if box is not None:
                 box.after_step_()
@@ -596,12 +691,17 @@ def _report_skipped(optim: SkipsNonFiniteRows, before: Tensor) -> int:
     return skipped
 
 
-def random_restart(solver: Callable[..., AttackResult], repeats: int) -> Callable[..., AttackResult]:
+def random_restart(
+    solver: Callable[..., AttackResult], repeats: int, *, prefer_success: bool = False
+) -> Callable[..., AttackResult]:
     """Wrap ``solver`` to run ``repeats`` times and keep each datum's best result.
 
-    "Best" is the highest loss, or the lowest with ``targeted=True``. Restarts
-    differ only through randomness, e.g. a perturbation model with a random
-    initializer.
+    "Best" is the highest loss, or the lowest with ``targeted=True``; with
+    ``prefer_success=True`` a run that met the goal for a datum beats one
+    that did not, and the loss decides between equals (so the result is
+    successful for every datum that any run broke). Ties keep the earlier
+    run. Restarts differ only through randomness, e.g. a perturbation model
+    with a random initializer.
 
     Parameters
     ----------
@@ -609,6 +709,8 @@ def random_restart(solver: Callable[..., AttackResult], repeats: int) -> Callabl
         Usually :func:`gradient_ascent`; must return one loss per datum.
     repeats : int
         Number of runs, >= 1.
+    prefer_success : bool, optional (default=False)
+        Rank runs by success first (when the solver reports it), then loss.
 
     Returns
     -------
@@ -654,6 +756,9 @@ def random_restart(solver: Callable[..., AttackResult], repeats: int) -> Callabl
                 best = result
                 continue
             better = result.losses < best.losses if targeted else result.losses > best.losses
+            if prefer_success and best.success is not None and result.success is not None:
+                won, had = result.success, best.success
+                better = (won & ~had) | (better & (won | ~had))
             best = _merge(best, result, better)
         length = max(t.shape[0] for t in traces)
         padded = torch.full(
