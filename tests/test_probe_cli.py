@@ -351,3 +351,18 @@ def test_probe_your_own_cifar_checkpoint_and_batches(tmp_path):
     assert saved["class_names"][:2] == ["airplane", "automobile"]  # the data's names: the file records none
     with torch.no_grad():
         torch.testing.assert_close(saved["clean_logits"], net(saved["images"]))
+
+
+def test_a_sweep_over_attacks_takes_overrides_inside_the_attack_group(tmp_path):
+    """``-m +attack=a,b attack.steps=2``: Hydra composes a multirun first without the swept group."""
+    sweep = tmp_path / "sweep"
+    result = run_cli(PROBE, "-m", "+attack=l1q,l1q_normed,l2", "attack.steps=2", "n_images=2", "progress=false",
+                     "threads=1", "metrics.faithfulness=false", "metrics.minimality=false",
+                     f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr
+    optimizers = []
+    for job in ("0", "1", "2"):
+        metrics = read_metrics(sweep / job)
+        assert metrics["status"] == "complete" and metrics["attack"]["steps"] == 2
+        optimizers.append(metrics["attack"]["optimizer"])
+    assert optimizers == ["L1qAutoFrankWolfe", "L1ProjectedOptim", "L2ProjectedOptim"]

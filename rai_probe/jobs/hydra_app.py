@@ -157,6 +157,47 @@ def _report_startup_error(message: str, argv: Sequence[str]) -> int:
     return EXIT_BAD_CONFIG
 
 
+_SWEEP_FUNCTIONS = ("choice(", "range(", "glob(", "interval(")
+
+
+def swept_group_overrides(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the overrides inside a swept appended group made to work in a multirun.
+
+    In a multirun Hydra first composes the config without the swept overrides,
+    so with ``-m +attack=l1q,l2 attack.steps=5`` the group ``attack`` does
+    not exist yet when ``attack.steps=5`` is applied and the whole sweep
+    fails ("Could not override 'attack.steps'"). Such overrides (of a group
+    appended with ``+group=`` and swept) become ``++group.key=value``, which
+    sets the key whether or not the group is there, so every job gets its
+    group's config with the value overridden. Anything else is left as typed.
+
+    Examples
+    --------
+    >>> swept_group_overrides(["-m", "+attack=l1q,l2", "attack.steps=5", "n_images=4"])
+    ['-m', '+attack=l1q,l2', '++attack.steps=5', 'n_images=4']
+    >>> swept_group_overrides(["+attack=l1q,l2", "attack.steps=5"])      # no multirun: as typed
+    ['+attack=l1q,l2', 'attack.steps=5']
+    >>> swept_group_overrides(["-m", "+attack=l1q", "attack.epsilon=5,10"])  # group not swept
+    ['-m', '+attack=l1q', 'attack.epsilon=5,10']
+    """
+    words = list(argv)
+    if not any(word in ("-m", "--multirun") or word == "hydra.mode=MULTIRUN" for word in words):
+        return words
+    swept = set()
+    for word in words:
+        if word.startswith("+") and not word.startswith("++") and "=" in word:
+            key, value = word[1:].split("=", 1)
+            if "." not in key and ("," in value or value.startswith(_SWEEP_FUNCTIONS)):
+                swept.add(key)
+    if not swept:
+        return words
+    return [
+        f"++{word}" if not word.startswith(("+", "~", "-")) and word.split(".", 1)[0] in swept
+        and "." in word.split("=", 1)[0] else word
+        for word in words
+    ]
+
+
 def hydra_main(
     job: JobFunction, *, config_name: str, config_dir: str | os.PathLike, argv: Sequence[str] | None = None
 ) -> int:
@@ -177,7 +218,7 @@ def hydra_main(
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = swept_group_overrides(sys.argv[1:] if argv is None else argv)
     started = False
 
     def task(cfg: Any) -> Any:
