@@ -521,10 +521,7 @@ class L1APGD(_APGDFamily):
         state["sparsity_max"] = int(state["sparsity"].max()) if n_rows else 0  # the one host sync
 
     def _at_checkpoint_(self, x: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
-        n = F._row_size(x)
-        support = (state["best"].reshape(x.shape[0], n) != 0).sum(dim=1)
-        self._follow_support_(state["best"], group, state)
-        state["sparsity_max"] = int(state["sparsity"].max())  # the one host sync of a checkpoint
+        self._follow_support_(state["best"], group, state)  # with the one host sync of a checkpoint
 
     def _direction_(self, x: Tensor, g: Tensor, group: dict[str, Any], state: dict[str, Any]) -> Tensor:
         box = self._box(x, group)
