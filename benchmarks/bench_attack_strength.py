@@ -15,7 +15,7 @@ attacks, each run once on all images, in one process:
 * ``rai-toolbox L1qFW``: ``rai_toolbox.optim.L1qFrankWolfe(q=0.99)`` with
   ``rai_toolbox.perturbations.gradient_ascent(use_best=True)``, the perturbed
   image clamped to [0, 1] (rai-toolbox has no box; when installed);
-* ours, from ``configs/attack/*.yaml`` (the probe job's own configs, ``epsilon``
+* ours, from ``rai_probe/configs/attack/*.yaml`` (the probe job's own configs, ``epsilon``
   and ``steps`` overridden): ``l1q``, ``l1q_normed``, ``l1``, ``apgd_l1`` and
   ``apgd_l1`` with ``epsilon_schedule=[3, 2, 1]``;
 * ``ours ensemble`` (``--ensemble``): ``rai_probe.perturbations.ensemble.AttackEnsemble``
@@ -65,6 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rai_probe.data import load_dataset  # noqa: E402
+from rai_probe.jobs.config_dir import CONFIG_DIR  # noqa: E402
 from rai_probe.models import load_pretrained  # noqa: E402
 from rai_probe.perturbations import Attack  # noqa: E402
 
@@ -94,8 +95,8 @@ class Row:
 # the attacks
 # --------------------------------------------------------------------------- #
 def attack_from_yaml(config: str) -> Attack:
-    """The attack of ``configs/attack/<config>.yaml``, as the probe job reads it (``q``, ``dq`` as options)."""
-    settings = yaml.safe_load((ROOT / "configs" / "attack" / f"{config}.yaml").read_text())
+    """The attack of ``rai_probe/configs/attack/<config>.yaml``, as the probe job reads it (``q``, ``dq`` as options)."""
+    settings = yaml.safe_load((CONFIG_DIR / "attack" / f"{config}.yaml").read_text())
     settings.pop("name", None)
     options = dict(settings.pop("options", None) or {})
     for key in ("q", "dq"):

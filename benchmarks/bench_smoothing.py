@@ -62,7 +62,7 @@ import torch
 
 from bench_optim_step import _busy_cpu_seconds, _cpu_name, _own_cpu_seconds, _time_round_robin
 from rai_probe.optim import LaplacianSmoothing
-from rai_probe.optim import smoothing
+from rai_probe.optim import laplacian_smoothing as smoothing
 
 SGD_NAME = "SGD step"
 PATHS = ("fft", "direct")

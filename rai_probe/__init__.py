@@ -17,7 +17,7 @@ models
 training
     PGD adversarial training and clean/robust evaluation.
 probing
-    The probe job behind ``scripts/probe.py``: metrics, artefacts, pictures, sweep reports.
+    The probe job behind ``rai-probe`` (``scripts/probe.py``): metrics, artefacts, pictures, sweep reports.
 
 Data flows one way: probing and training use models, data and perturbations;
 perturbations use optim.

@@ -1,5 +1,8 @@
 """Clean and robust accuracy of a model: ``python scripts/evaluate.py [overrides]``.
 
+The checkout's spelling of the installed command ``rai-probe-evaluate``
+(:func:`rai_probe.training.run.evaluate_main`).
+
 With no overrides it re-measures the shipped model's recorded accuracies
 (docs/model_card.md). Outputs (config, log, metrics.json with measured and
 recorded numbers) go to Hydra's run directory under outputs/evaluate/. A bad

@@ -1,6 +1,10 @@
 """Attack a robust classifier with a controllably sparse perturbation: ``python scripts/probe.py +attack=l1q``.
 
-Configs: configs/probe.yaml and the groups attack/, model/, data/, mode/.
+The checkout's spelling of the installed command ``rai-probe`` (the same
+function, :func:`rai_probe.probing.cli.main`; ``python -m rai_probe`` lists
+every command).
+
+Configs: rai_probe/configs/probe.yaml and the groups attack/, model/, data/, mode/.
 Examples::
 
     python scripts/probe.py +attack=l1q                            # explain the shipped model's predictions

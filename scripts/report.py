@@ -1,5 +1,8 @@
 """Report over a sweep: one table of all jobs, curves against epsilon and a heatmap gallery.
 
+The checkout's spelling of the installed command ``rai-probe-report``
+(:func:`rai_probe.probing.report.main`).
+
 Usage: ``python scripts/report.py DIR [--out OUT]`` where ``DIR`` is a Hydra
 multirun directory of the probe CLI (``multirun/<date>/<time>/``). Writes
 ``report.csv``, ``report.md`` and the pictures into ``OUT`` (default

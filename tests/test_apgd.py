@@ -473,9 +473,10 @@ def test_reachable_norm_and_budget_note():
 # --------------------------------------------------------------------------- #
 def _attack_configs():
     import yaml
-    from pathlib import Path
 
-    folder = Path(__file__).resolve().parent.parent / "configs" / "attack"
+    from rai_probe.jobs.config_dir import CONFIG_DIR
+
+    folder = CONFIG_DIR / "attack"
     return {path.stem: yaml.safe_load(path.read_text()) for path in sorted(folder.glob("*.yaml"))}
 
 

@@ -337,7 +337,7 @@ def test_paragraphs_never_break_a_path():
     "script, args, words",
     [
         (TRAIN, ["epochs=0"], "`epochs=...`"),
-        (TRAIN, ["attack.norm=l5"], "`attack.norm=...`"),
+        (TRAIN, ["attack.optimizer=L5ProjectedOptim"], "`attack.optimizer=...`"),
         (TRAIN, ["+nonsense=1"], "`+nonsense=1`"),
         (TRAIN, ["eval_attacks.l2_eps2.lr=-1"], "`eval_attacks.l2_eps2.lr=...`"),
         (EVALUATE, ["n_eval=-1"], "`n_eval=...`"),

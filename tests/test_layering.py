@@ -28,7 +28,6 @@ ALLOWED = {
     "jobs": {"errors", "_io"},
     "training": {"errors", "_io", "runtime", "progress", "optim", "perturbations", "models", "data", "jobs"},
     "probing": {"errors", "_io", "runtime", "progress", "optim", "perturbations", "models", "data", "jobs"},
-    "demo": {"errors", "optim", "perturbations"},
 }
 
 
@@ -64,16 +63,48 @@ def _imported_layers(path: Path, source: str | None = None) -> set[str]:
 SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if _layer(p) not in ("__init__", "__main__"))
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_imports_only_go_down(path):
+def _violations(path: Path, source: str | None = None) -> set[str]:
+    """The layers that ``path`` (or ``source`` placed there) imports but may not."""
     layer = _layer(path)
     assert layer in ALLOWED, f"{layer}: a new layer needs a place in ALLOWED"
-    imported = _imported_layers(path) - {layer}
-    assert imported <= ALLOWED[layer], f"{path.relative_to(PACKAGE)} imports {sorted(imported - ALLOWED[layer])}"
+    return _imported_layers(path, source) - {layer} - ALLOWED[layer]
 
 
-def test_the_checker_sees_relative_and_absolute_imports():
-    module = PACKAGE / "optim" / "x.py"  # never written: only its position in the package matters
-    source = "from ..probing import run\nimport rai_probe.models\nfrom . import functional\n" \
-             "def f():\n    from .. import data\n"
-    assert _imported_layers(module, source) == {"probing", "models", "optim", "data"}
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_only_go_down(path):
+    violations = _violations(path)
+    assert not violations, f"{path.relative_to(PACKAGE)} imports {sorted(violations)}"
+
+
+def test_the_rules_keep_the_layers_apart():
+    """ALLOWED itself says: optim imports nothing above it; perturbations nothing from models, data,
+    probing or training; models and data never each other."""
+    assert ALLOWED["optim"] <= {"errors"}
+    assert ALLOWED["perturbations"].isdisjoint({"models", "data", "probing", "training"})
+    assert "data" not in ALLOWED["models"] and "models" not in ALLOWED["data"]
+
+
+#: Imports written into a module of a layer, and the rules they break: ``(layer, source, reached)``.
+FABRICATED_IMPORTS = [
+    ("optim", "from ..perturbations import gradient_ascent\n", {"perturbations"}),
+    ("optim", "import rai_probe.probing.run\n", {"probing"}),
+    ("optim", "def f():\n    from ..training import fit\n", {"training"}),
+    ("optim", "from rai_probe.models import load_model\n", {"models"}),
+    ("optim", "from .. import data\n", {"data"}),
+    ("perturbations", "from ..models.registry import MODELS\n", {"models"}),
+    ("perturbations", "from ..data import load_dataset\n", {"data"}),
+    ("perturbations", "from rai_probe.probing import probe\n", {"probing"}),
+    ("perturbations", "def f():\n    import rai_probe.training\n", {"training"}),
+    ("models", "from ..data import make_blob_images\n", {"data"}),
+    ("data", "from ..models import registry\n", {"models"}),
+    ("data", "def f():\n    from rai_probe.models.small_cnn import SmallCNN\n", {"models"}),
+] + [  # and what breaks none: a layer importing itself and the shared bottom
+    (layer, "from . import y\nfrom ..errors import SettingError\n", set())
+    for layer in ("optim", "perturbations", "models", "data")
+]
+
+
+@pytest.mark.parametrize(("layer", "source", "reached"), FABRICATED_IMPORTS)
+def test_the_rules_catch_a_fabricated_violation(layer, source, reached):
+    module = PACKAGE / layer / "x.py"  # never written: only its position in the package matters
+    assert _violations(module, source) == reached

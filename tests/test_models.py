@@ -471,7 +471,7 @@ def test_torchvision_models_by_name(fake_torchvision):
 def test_pretrained_names():
     assert DEFAULT_MODEL == "small_cnn_mnist5k_l2"
     assert PRETRAINED[DEFAULT_MODEL] == "small_cnn_mnist5k_l2.pt"
-    expected = r"unknown pretrained model 'nope'; available: \['small_cnn_mnist5k_l2'\]"
+    expected = r"unknown pretrained model 'nope'; available: \['small_cnn_mnist5k_l2', 'small_cnn_mnist5k_standard'\]"
     with pytest.raises(ValueError, match=expected):
         pretrained_path("nope")
 

@@ -1,4 +1,5 @@
-"""Tests of :mod:`rai_probe.optim.smoothing` (REFERENCE.md section 4).
+"""Tests of :mod:`rai_probe.optim.laplacian_smoothing` and :mod:`rai_probe.optim.gradient_sampling`
+(REFERENCE.md section 4), also through their old address :mod:`rai_probe.optim.smoothing`.
 
 Laplacian smoothing: the reference vectors, a dense linear solve of
 ``(I - σL) u = g``, sum preservation, rings of one and two points, half
@@ -29,10 +30,12 @@ from rai_probe.optim import (
     GradientSampling,
     L1qNormedGradientOptim,
     LaplacianSmoothing,
+    ParamTransformingOptimizer,
 )
 from rai_probe.optim import functional as F
-from rai_probe.optim import smoothing
-from rai_probe.optim.smoothing import laplacian_eigenvalues, laplacian_smooth, laplacian_smooth_
+from rai_probe.optim import gradient_sampling, laplacian_smoothing, smoothing
+from rai_probe.optim.laplacian_smoothing import laplacian_eigenvalues, laplacian_smooth, laplacian_smooth_
+from rai_probe.optim.options import positive
 
 # --------------------------------------------------------------------------- #
 # helpers
@@ -207,12 +210,12 @@ def test_laplacian_smooth_rejects_bad_tensors():
 @contextlib.contextmanager
 def solver(path):
     """Force the smoothing solver (``"fft"`` or ``"direct"``) within the block."""
-    saved = smoothing._FORCE_PATH
-    smoothing._FORCE_PATH = path
+    saved = laplacian_smoothing._FORCE_PATH
+    laplacian_smoothing._FORCE_PATH = path
     try:
         yield
     finally:
-        smoothing._FORCE_PATH = saved
+        laplacian_smoothing._FORCE_PATH = saved
 
 
 def smooth_with(path, g, sigma):
@@ -222,7 +225,7 @@ def smooth_with(path, g, sigma):
 
 def line_green(sigma):
     """``(r, C)`` of the Green's function ``C·r^|j|`` of ``I - σL`` on the infinite line."""
-    log_r, log_c = smoothing._green_decay(sigma)
+    log_r, log_c = laplacian_smoothing._green_decay(sigma)
     return math.exp(log_r), math.exp(log_c)
 
 
@@ -258,7 +261,7 @@ def test_green_function_of_the_ring_is_the_dense_inverse(n, sigma):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("sigma", [1e-30, 0.5, 1.0, 100.0, 1e4])
 def test_direct_weights(sigma, dtype):
-    G, a, b, rho, J = smoothing._direct_weights(sigma, dtype, torch.device("cpu"))
+    G, a, b, rho, J = laplacian_smoothing._direct_weights(sigma, dtype, torch.device("cpu"))
     B = len(a)
     r, c = line_green(sigma)
     i = torch.arange(B, dtype=torch.float64)
@@ -268,7 +271,7 @@ def test_direct_weights(sigma, dtype):
     close(a.double(), r ** (i + 1))
     close(b.double(), r ** (B - i))
     assert rho == pytest.approx(r**B, rel=1e-12)
-    assert J * B >= smoothing._truncation_radius(sigma, dtype) and J >= 1
+    assert J * B >= laplacian_smoothing._truncation_radius(sigma, dtype) and J >= 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -276,7 +279,7 @@ def test_direct_weights(sigma, dtype):
 def test_truncation_radius_is_the_smallest_below_the_tolerance(sigma, dtype):
     """The dropped tail 2C r^(K+1)/(1 - r) is below eps/128 at K, and not at K - 1."""
     r, c = line_green(sigma)
-    K = smoothing._truncation_radius(sigma, dtype)
+    K = laplacian_smoothing._truncation_radius(sigma, dtype)
     tol = torch.finfo(dtype).eps / 128
 
     def tail(k):
@@ -287,7 +290,7 @@ def test_truncation_radius_is_the_smallest_below_the_tolerance(sigma, dtype):
 
 
 def test_truncation_radius_grows_like_sqrt_sigma():
-    radii = [smoothing._truncation_radius(s, torch.float32) for s in [0.0, 1e-300, 1.0, 100.0, 1e4]]
+    radii = [laplacian_smoothing._truncation_radius(s, torch.float32) for s in [0.0, 1e-300, 1.0, 100.0, 1e4]]
     assert radii[:2] == [0, 0]
     assert radii == sorted(radii)
     assert 9 < radii[4] / radii[3] < 11.5  # log r ~ -1/sqrt(sigma) for large sigma: K ~ sqrt(sigma)
@@ -416,7 +419,7 @@ def test_non_finite_entry_makes_its_whole_row_non_finite(path, bad):
 
 def test_path_selection():
     cpu, f32, f64 = torch.device("cpu"), torch.float32, torch.float64
-    choose = smoothing._choose_path
+    choose = laplacian_smoothing._choose_path
     for n in [10**4, 10**6, 10**7, 1_000_003]:
         for sigma in [0.5, 1.0, 10.0]:
             assert choose(1, n, sigma, f32, cpu) == "direct"
@@ -441,10 +444,10 @@ def test_path_selection():
 
 def test_path_selection_respects_reduced_precision_products(monkeypatch):
     cpu = torch.device("cpu")
-    assert smoothing._float32_products_are_exact()  # the default settings
-    monkeypatch.setattr(smoothing, "_float32_products_are_exact", lambda: False)
-    assert smoothing._choose_path(1, 10**6, 1.0, torch.float32, cpu) == "fft"
-    assert smoothing._choose_path(1, 10**6, 1.0, torch.float64, cpu) == "direct"
+    assert laplacian_smoothing._float32_products_are_exact()  # the default settings
+    monkeypatch.setattr(laplacian_smoothing, "_float32_products_are_exact", lambda: False)
+    assert laplacian_smoothing._choose_path(1, 10**6, 1.0, torch.float32, cpu) == "fft"
+    assert laplacian_smoothing._choose_path(1, 10**6, 1.0, torch.float64, cpu) == "direct"
 
 
 def test_automatic_path_is_used(monkeypatch):
@@ -455,7 +458,7 @@ def test_automatic_path_is_used(monkeypatch):
         raise AssertionError("wrong path")
 
     with monkeypatch.context() as patch:  # a long ring, sigma = 1: direct
-        patch.setattr(smoothing, "_smooth_rows_fft_", refuse)
+        patch.setattr(laplacian_smoothing, "_smooth_rows_fft_", refuse)
         out = laplacian_smooth(g, 1.0)
         torch.testing.assert_close(out.double(), reference, rtol=0, atol=1e-6)
         assert torch.equal(laplacian_smooth(g, 0.0), g)  # sigma = 0: the identity, no solve
@@ -465,7 +468,7 @@ def test_automatic_path_is_used(monkeypatch):
         optim.step()
         torch.testing.assert_close(x.grad.double(), reference[0], rtol=0, atol=1e-6)
     with monkeypatch.context() as patch:  # a short ring, or a wide kernel: FFT
-        patch.setattr(smoothing, "_smooth_rows_direct_", refuse)
+        patch.setattr(laplacian_smoothing, "_smooth_rows_direct_", refuse)
         laplacian_smooth(g[:, :40], 1.0)
         laplacian_smooth(g, 1e7)
 
@@ -1015,6 +1018,25 @@ def test_gs_refuses_shared_options_and_chain_membership():
     x.grad = torch.ones(1, 4)
     with pytest.raises(TypeError, match="cannot be a member"):
         member.step()
+
+
+def test_gs_refuses_an_inner_option_declared_only_per_group():
+    """An option the inner class validates per group but does not name in its signature is seen too."""
+
+    class Decaying(ParamTransformingOptimizer):
+        _options = {"decay": positive}
+
+    assert "decay" in Decaying.option_names()
+    x = torch.zeros(1, 4, requires_grad=True)
+    with pytest.raises(TypeError, match="`decay`"):
+        GradientSampling([x], InnerOpt=partial(Decaying, defaults={"decay": 0.5}), lr=0.1)
+
+
+def test_the_old_module_reexports_both_algorithms():
+    assert smoothing.GradientSampling is gradient_sampling.GradientSampling is GradientSampling
+    for name in laplacian_smoothing.__all__:
+        assert getattr(smoothing, name) is getattr(laplacian_smoothing, name)
+    assert sorted(smoothing.__all__) == sorted(laplacian_smoothing.__all__ + gradient_sampling.__all__)
 
 
 def test_gs_default_settings_work():

@@ -7,10 +7,10 @@ What is checked, in the order of the file:
 * the optimizer and the perturbation model given as a class, a
   ``functools.partial`` or an instance;
 * on a small trained classifier (an MLP on the blob images of
-  :mod:`rai_probe.demo`, trained once per module): untargeted runs raise the
-  loss, targeted runs lower the targeted loss, for the L1q Frank-Wolfe, L1, L2
-  and L-inf projected optimizers; ``use_best`` is never worse than the final
-  iterate;
+  :func:`rai_probe.data.make_blob_images`, trained once per module):
+  untargeted runs raise the loss, targeted runs lower the targeted loss, for
+  the L1q Frank-Wolfe, L1, L2 and L-inf projected optimizers; ``use_best`` is
+  never worse than the final iterate;
 * with ``data_range``: every iterate the model sees lies in the epsilon-ball
   and in the box (a hypothesis property over random models, data, epsilons
   (one or one per datum), ``q``, step sizes and random starts), the box handed
@@ -44,7 +44,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from rai_probe.demo import make_blob_images
+from rai_probe.data import make_blob_images
 from rai_probe.optim import (
     L1FrankWolfe,
     L1ProjectedOptim,

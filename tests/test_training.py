@@ -27,9 +27,10 @@ What is checked, in the order of the file:
   attack leaves it equal to the clean one, robust <= clean per image (a
   hypothesis property), the model's mode and ``requires_grad`` flags are
   restored, seeded results repeat, ``targeted`` is ignored;
-* ``training_attack`` / ``eval_attacks`` (exact attacks, the shipped
-  configs/training/eval_attacks/mnist.yaml) and ``train_from_config`` end to end on a
-  tiny mnist5k run composed from configs/training/train.yaml: the files it writes, the
+* ``training_attack`` / ``eval_attacks`` (exact attacks, the keys of the
+  recipe's old spelling named with their new one, the shipped
+  rai_probe/configs/training/eval_attacks/mnist.yaml) and ``train_from_config`` end to end on a
+  tiny mnist5k run composed from rai_probe/configs/training/train.yaml: the files it writes, the
   checkpoint gives the trained model's logits exactly, its recorded
   ``training`` / ``metrics`` match the recipe, ``metrics.json`` and
   ``history.json``, and ``evaluate`` on the checkpoint reproduces the recorded
@@ -45,7 +46,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import pathlib
 
 import pytest
 import torch
@@ -56,6 +56,7 @@ from torch import nn
 
 from rai_probe.models import load_checkpoint
 from rai_probe.perturbations.attacks import Attack
+from rai_probe.jobs.config_dir import CONFIG_DIR
 from rai_probe.training import (
     TrainingHistory,
     TrainingRecipe,
@@ -67,7 +68,7 @@ from rai_probe.training import (
 from rai_probe.training import run as training_run
 from rai_probe.training.run import eval_attacks, train_from_config, training_attack
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs" / "training"
+CONFIGS = CONFIG_DIR / "training"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -590,19 +591,33 @@ def test_found_misclassification_is_not_robust_with_use_best():
 # training/run.py
 # --------------------------------------------------------------------------- #
 def test_training_attack_from_config_blocks():
-    l2 = training_attack({"norm": "l2", "epsilon": 1.5, "steps": 10, "step_size": None})
-    assert l2 == Attack("L2ProjectedOptim", epsilon=1.5, steps=10, lr=0.375, random_init="l2")
-    linf = training_attack({"norm": "Linf", "epsilon": 0.3, "steps": 5, "step_size": 0.1})
+    pgd = {"optimizer": "L2ProjectedOptim", "epsilon": 1.5, "steps": 10, "lr": None, "q": None, "random_init": "l2"}
+    assert training_attack(pgd) == Attack("L2ProjectedOptim", epsilon=1.5, steps=10, lr=0.375, random_init="l2")
+    linf = training_attack({**pgd, "optimizer": "LinfProjectedOptim", "epsilon": 0.3, "steps": 5, "lr": 0.1,
+                            "random_init": "linf"})
     assert linf == Attack("LinfProjectedOptim", epsilon=0.3, steps=5, lr=0.1, random_init="linf")
-    l1 = training_attack({"norm": "l1", "epsilon": 10, "steps": 4})
+    l1 = training_attack({**pgd, "optimizer": "L1ProjectedOptim", "epsilon": 10, "steps": 4, "q": 0.99,
+                          "random_init": "l1"})
     assert l1 == Attack("L1ProjectedOptim", epsilon=10.0, steps=4, lr=6.25, options={"q": 0.99}, random_init="l1")
-    assert training_attack({"norm": "l1", "epsilon": 10, "steps": 4, "q": 0.9}).options == {"q": 0.9}
-    assert training_attack({"norm": "none", "epsilon": 1.0}) is None
-    assert training_attack({}) is None
-    with pytest.raises(ValueError, match=r"attack\.norm must be one of l2, linf, l1, none; got attack\.norm='l3'"):
-        training_attack({"norm": "l3", "epsilon": 1.0, "steps": 2})
+    assert training_attack(None) is None
     with pytest.raises(ValueError, match="`epsilon`"):
-        training_attack({"norm": "l2", "epsilon": 0.0, "steps": 2})
+        training_attack({**pgd, "epsilon": 0.0})
+    with pytest.raises(ValueError, match="`targeted` must be false"):
+        training_attack({**pgd, "targeted": True})
+    with pytest.raises(ValueError, match=r"option `q`") as caught:  # L1ProjectedOptim needs its sparsity
+        training_attack({**pgd, "optimizer": "L1ProjectedOptim"})
+    assert caught.value.setting == "q"
+
+
+@pytest.mark.parametrize("key, value, replacement", [
+    ("norm", "none", "attack=null"),
+    ("step_size", 0.1, "attack.lr"),
+    ("warmup_epochs", 3.0, "attack_warmup_epochs"),
+])
+def test_training_attack_names_the_new_spelling_of_an_old_key(key, value, replacement):
+    with pytest.raises(ValueError, match=rf"`{key}` is no longer a setting") as caught:
+        training_attack({"optimizer": "L2ProjectedOptim", "epsilon": 1.5, key: value})
+    assert caught.value.setting == key and replacement in str(caught.value)
 
 
 def test_eval_attacks_from_the_shipped_config():
@@ -635,7 +650,7 @@ TINY_RUN = [
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """configs/training/train.yaml (small_cnn, mnist5k, L2 PGD) on 128 images for one epoch; the model it saved."""
+    """rai_probe/configs/training/train.yaml (small_cnn, mnist5k, L2 PGD) on 128 images for one epoch; the model it saved."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -700,7 +715,7 @@ def test_checkpoint_records_recipe_metrics_and_history(tiny_run):
         epochs=1, batch_size=cfg["batch_size"], lr=cfg["lr"], optimizer=cfg["optimizer"],
         weight_decay=cfg["weight_decay"], schedule=cfg["schedule"], warmup_epochs=cfg["warmup_epochs"],
         max_shift=cfg["max_shift"], attack=training_attack(cfg["attack"]), clean_weight=cfg["clean_weight"],
-        attack_warmup_epochs=cfg["attack"]["warmup_epochs"], seed=cfg["seed"],
+        attack_warmup_epochs=cfg["attack_warmup_epochs"], seed=cfg["seed"],
     )
     assert training == {
         **json.loads(json.dumps(recipe.to_dict())),
@@ -735,7 +750,7 @@ def test_train_from_config_standard_training(tmp_path):
     cfg = {
         "model": "small_cnn", "data": "mnist5k", "n_train": 64, "n_eval": 20, "seed": 1, "epochs": 1,
         "batch_size": 64, "optimizer": "sgd", "lr": 0.01, "weight_decay": 0.0, "schedule": "constant",
-        "warmup_epochs": 0.0, "max_shift": 0, "clean_weight": 0.0, "attack": {"norm": "none"},
+        "warmup_epochs": 0.0, "max_shift": 0, "clean_weight": 0.0, "attack": None,
         "eval_attacks": None, "eval_size": 20,
     }
     report = train_from_config(cfg, tmp_path / "nested" / "out")
@@ -747,6 +762,21 @@ def test_train_from_config_standard_training(tmp_path):
     assert "train_accuracy" in record and "adversarial_accuracy" not in record
 
 
+def test_train_from_config_repeats_for_its_seed(tmp_path):
+    cfg = {
+        "model": "small_cnn", "data": "mnist5k", "n_train": 16, "n_eval": 8, "seed": 3, "epochs": 1,
+        "batch_size": 16, "optimizer": "adam", "lr": 0.01, "max_shift": 1, "attack": None,
+        "eval_attacks": None, "eval_size": 8, "progress": False,
+    }
+    weights = []
+    for run, seed in enumerate([3, 3, 4]):
+        torch.manual_seed(1000 + run)  # the global RNG state before the job does not matter
+        train_from_config({**cfg, "seed": seed}, tmp_path / str(run))
+        weights.append(load_checkpoint(tmp_path / str(run) / "model.pt").state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the initial weights too
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
 def test_train_from_config_rejects_a_bad_eval_attack_before_training(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
@@ -755,13 +785,19 @@ def test_train_from_config_rejects_a_bad_eval_attack_before_training(tmp_path, m
     cfg = {
         "model": "small_cnn", "data": "mnist5k", "n_train": 8, "n_eval": 8, "seed": 0, "epochs": 1,
         "batch_size": 8, "optimizer": "adam", "lr": 0.01, "weight_decay": 0.0, "schedule": "cosine",
-        "warmup_epochs": 0.0, "max_shift": 0, "clean_weight": 0.0, "attack": {"norm": "none"},
+        "warmup_epochs": 0.0, "max_shift": 0, "clean_weight": 0.0, "attack": None,
         "eval_attacks": {"typo": {"optimizer": "L2ProjectedOptim", "epsilon": 1.0, "stpes": 3}},
     }
     with pytest.raises(ValueError, match=r"eval_attacks\.typo: unknown setting\(s\) \['stpes'\]"):
         train_from_config(cfg, tmp_path)
-    with pytest.raises(ValueError, match=r"attack\.norm"):
-        train_from_config({**cfg, "eval_attacks": None, "attack": {"norm": "l5"}}, tmp_path)
+    with pytest.raises(ValueError, match=r"unknown `optimizer` 'L5ProjectedOptim'") as caught:
+        train_from_config({**cfg, "eval_attacks": None,
+                           "attack": {"optimizer": "L5ProjectedOptim", "epsilon": 1.0}}, tmp_path)
+    assert caught.value.override == "attack.optimizer"
+    with pytest.raises(ValueError, match=r"`\+attack\.norm=l5`") as caught:  # the old spelling names the new one
+        train_from_config({**cfg, "eval_attacks": None, "attack": {"norm": "l5"}}, tmp_path,
+                          overrides=["+attack.norm=l5"])
+    assert "attack.optimizer=L2ProjectedOptim" in str(caught.value)
 
 
 def _write_tiny_cifar(folder, n=8, seed=0):
@@ -793,7 +829,8 @@ def test_train_from_config_cifar_resnet18_linf_on_cpu(tmp_path):
         "model": "cifar_resnet18", "data": "cifar10", "data_root": str(root), "n_train": 16, "n_eval": 4,
         "seed": 0, "epochs": 1, "batch_size": 8, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4,
         "schedule": "cosine", "warmup_epochs": 0.0, "max_shift": 2, "clean_weight": 0.0,
-        "attack": {"norm": "linf", "epsilon": 8 / 255, "steps": 1, "step_size": None, "warmup_epochs": 0.0},
+        "attack": {"optimizer": "LinfProjectedOptim", "epsilon": 8 / 255, "steps": 1, "lr": None, "random_init": "linf"},
+        "attack_warmup_epochs": 0.0,
         "eval_attacks": {"linf": {"optimizer": "LinfProjectedOptim", "epsilon": 8 / 255, "steps": 1, "lr": 2 / 255}},
         "eval_size": 4, "eval_every": 1, "threads": 1,
     }

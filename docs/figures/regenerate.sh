@@ -12,4 +12,11 @@ python scripts/probe.py -m +attack=l1q attack.epsilon=5,10,20 attack.q=0.9,0.99 
 python scripts/report.py "$out/sweep"
 cp "$out/sweep/report/success_vs_epsilon.png" docs/figures/tutorial_sweep_success.png
 cp "$out/sweep/report/gallery.png" docs/figures/tutorial_sweep_gallery.png
+python scripts/probe.py +attack=l1q mode=minimal hydra.run.dir="$out/minimal"
+cp "$out/minimal/figures/robustness_curve.png" docs/figures/tutorial_minimal_curve.png
+cp "$out/minimal/figures/minimal_gallery.png" docs/figures/tutorial_minimal_gallery.png
+python scripts/probe.py +attack=l1q mode=contrast mode.source=3 mode.target=8 n_images=32 hydra.run.dir="$out/contrast"
+cp "$out/contrast/figures/contrast.png" docs/figures/tutorial_contrast.png
+python scripts/probe.py +attack=l2 mode=probe data=noise n_images=8 attack.epsilon=8 attack.lr=0.2 hydra.run.dir="$out/concepts"
+cp "$out/concepts/figures/class_concepts.png" docs/figures/tutorial_concepts.png
 echo "figures regenerated from runs in $out"

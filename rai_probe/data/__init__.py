@@ -13,6 +13,7 @@ class names.
   (:func:`load_cifar10`, unpickled with an allow-list), image folders
   (:func:`load_image_folder`).
 * Seeds for concept probing: :func:`make_seeds` (``noise``, ``gray``).
+* Synthetic labeled images for tests and examples: :func:`make_blob_images`.
 * By name: :func:`load_dataset` and the :data:`DATASETS` registry.
 
 Missing files raise :class:`DataNotFoundError` (a :class:`FileNotFoundError`),
@@ -38,6 +39,7 @@ from .folder import IMAGE_EXTENSIONS, load_image_folder
 from .idx import FASHION_MNIST_CLASSES, load_mnist_idx, read_idx
 from .registry import DATASETS, DEFAULT_DATASET, load_dataset
 from .seeds import make_seeds
+from .synthetic import make_blob_images
 
 __all__ = [
     "ImageDataset",
@@ -52,6 +54,7 @@ __all__ = [
     "RestrictedUnpickler",
     "load_image_folder",
     "make_seeds",
+    "make_blob_images",
     "DATASETS",
     "DEFAULT_DATASET",
     "load_dataset",

@@ -6,6 +6,8 @@
   and the override the user typed.
 * :mod:`~rai_probe.jobs.rundir`: the run directory's lock, completion markers
   and status.
-* :mod:`~rai_probe.jobs.hydra_app`: the Hydra entry point of the scripts and
-  the sweep summary.
+* :mod:`~rai_probe.jobs.hydra_app`: the Hydra entry point of the commands and
+  scripts, and the sweep summary.
+* :mod:`~rai_probe.jobs.config_dir`: where the configs they compose live
+  (``rai_probe/configs/``, shipped in the package).
 """

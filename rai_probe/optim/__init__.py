@@ -60,7 +60,8 @@ __all__ = [
     "L1qAutoFrankWolfe",
 ]
 
-from . import smoothing
-from .smoothing import GradientSampling, LaplacianSmoothing
+from . import gradient_sampling, laplacian_smoothing, smoothing
+from .gradient_sampling import GradientSampling
+from .laplacian_smoothing import LaplacianSmoothing
 
-__all__ += ["smoothing", "LaplacianSmoothing", "GradientSampling"]
+__all__ += ["smoothing", "laplacian_smoothing", "gradient_sampling", "LaplacianSmoothing", "GradientSampling"]

@@ -31,9 +31,10 @@ from ..errors import SettingError, SettingTypeError
 from . import functional as F
 from . import options as opt
 from .constraints import BallConstrained, bound_rows
-from .normed import TOPQ_OPTIONS, Params, warn_if_nothing_kept
+from .normed import TOPQ_OPTIONS, warn_if_nothing_kept
 from .options import REQUIRED, TINY
-from .param_transforming import _Rows
+from .rows import Rows, per_row, row_size
+from .types import Params
 
 __all__ = ["L1APGD", "L2APGD", "LinfAPGD", "L1qAutoFrankWolfe"]
 
@@ -257,7 +258,7 @@ class _APGDFamily(BallConstrained):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                view = _Rows(param, group["param_ndim"])
+                view = Rows(param, group["param_ndim"])
                 self._apgd_step_(view.rows, group, self.state[param])
                 view.write_back(self._apgd_step_)
 
@@ -293,7 +294,7 @@ class _APGDFamily(BallConstrained):
 
     def _propose_(self, x: Tensor, g: Tensor, group: dict[str, Any], state: dict[str, Any]) -> Tensor:
         """``z = P(x - η · d)``: the projected steepest-descent step (before momentum)."""
-        eta = F._per_row(state["step_size"], x).to(x.dtype)
+        eta = per_row(state["step_size"], x).to(x.dtype)
         z = x - eta * self._direction_(x, g, group, state)
         self._project_(z, group)
         return z
@@ -327,7 +328,7 @@ class _APGDFamily(BallConstrained):
         improved_on_previous = finite & (f < state["previous_loss"])
         better = finite & (f < state["best_loss"])
         state["best_loss"] = torch.where(better, f, state["best_loss"])
-        rows_better = F._per_row(better, x)
+        rows_better = per_row(better, x)
         state["best"].copy_(torch.where(rows_better, x, state["best"]))
         state["best_grad"].copy_(torch.where(rows_better, g, state["best_grad"]))
         previous_loss = torch.where(finite, f, state["previous_loss"])
@@ -340,7 +341,7 @@ class _APGDFamily(BallConstrained):
                 state["best_loss"], state["best_at_checkpoint"],
             )
             state["step_size"] = torch.where(reduce, state["step_size"] / 2, state["step_size"])
-            restart = F._per_row(reduce, x)
+            restart = per_row(reduce, x)
             x.copy_(torch.where(restart, state["best"], x))
             g.copy_(torch.where(restart, state["best_grad"], g))
             state["previous"].copy_(torch.where(restart, state["best"], state["previous"]))
@@ -507,14 +508,14 @@ class L1APGD(_APGDFamily):
         )
 
     def _start_own_(self, x: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
-        k = max(1, F.num_kept(F._row_size(x), group["q"]))
+        k = max(1, F.num_kept(row_size(x), group["q"]))
         state["sparsity"] = torch.full((x.shape[0],), k, dtype=torch.int64, device=x.device)
         self._follow_support_(x, group, state)  # a start with a support (a random start, a stage)
 
     @staticmethod
     def _follow_support_(point: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         """``k <- clamp(ceil(support_factor · ‖point‖₀), 1, n)`` per row (kept where the support is 0)."""
-        n_rows, n = point.shape[0], F._row_size(point)
+        n_rows, n = point.shape[0], row_size(point)
         support = (point.reshape(n_rows, n) != 0).sum(dim=1)
         k = (support.to(torch.float64) * group["support_factor"]).ceil_().clamp_(1, max(n, 1)).to(torch.int64)
         state["sparsity"] = torch.where(support > 0, k, state["sparsity"])
@@ -716,7 +717,7 @@ class L1qAutoFrankWolfe(_APGDFamily):
             g.clone(), "l1q", group["epsilon"], lower, upper, q=group["q"], dq=group["dq"],
             generator=group["generator"], spend_budget=group["spend_budget"],
         )
-        gamma = F._per_row(state["step_size"], x).to(x.dtype)
+        gamma = per_row(state["step_size"], x).to(x.dtype)
         return x + gamma * (vertex - x)
 
     def _post_step_transform_(self, param: Tensor, optim_group: dict[str, Any]) -> None:

@@ -128,7 +128,7 @@ class ChainedParamTransformingOptimizer(ParamTransformingOptimizer):
         member_cls = _member_class(factory)
         fixed = factory.keywords if isinstance(factory, functools.partial) else {}
         member_group: dict[str, Any] = {"params": group["params"]}
-        for name in member_cls._all_options:
+        for name in member_cls.option_names():
             if name in _CHAIN_ONLY or name in fixed or name not in group:
                 continue
             member_group[name] = group[name]

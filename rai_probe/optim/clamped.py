@@ -9,8 +9,8 @@ from torch.optim import SGD
 
 from ..errors import SettingError, SettingTypeError
 from . import options as opt
-from .normed import InnerOptimizer, Params
 from .param_transforming import ParamTransformingOptimizer
+from .types import InnerOptimizer, Params
 
 __all__ = ["ClampedGradientOptimizer", "ClampedParameterOptimizer"]
 

@@ -14,7 +14,9 @@ from . import functional as F
 from .nonfinite import SkipsNonFiniteRows
 from .options import REQUIRED, TINY
 from .constraints import BallConstrained, bound_rows
-from .normed import TOPQ_OPTIONS, Params, warn_if_nothing_kept
+from .normed import TOPQ_OPTIONS, warn_if_nothing_kept
+from .rows import per_row_radius
+from .types import Params
 
 __all__ = ["FrankWolfe", "L1FrankWolfe", "L1qFrankWolfe", "L2FrankWolfe", "LinfFrankWolfe"]
 
@@ -228,7 +230,7 @@ class _FrankWolfeFamily(BallConstrained):
         if box is None:
             self._unit_lmo_(param.grad, optim_group)
             if isinstance(epsilon, Tensor):
-                param.grad.mul_(F._radius(epsilon, param.grad))
+                param.grad.mul_(per_row_radius(epsilon, param.grad))
             return
         lower, upper = (bound_rows(b, param) for b in box)
         vertex = F.fw_vertex_box_(

@@ -32,13 +32,24 @@ tensor([[2., 0.]])
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from ..errors import SettingError, SettingTypeError
+from ..errors import SettingError
 from .options import TINY
+from .rows import (
+    HALF_DTYPES,
+    check_rows,
+    compute_dtype,
+    flat_shape,
+    inplace_on_flat_rows,
+    per_row,
+    per_row_radius,
+    row_size,
+)
+from .types import Radius
 
 __all__ = [
     "TINY",
@@ -69,82 +80,14 @@ __all__ = [
     "apgd_reduce_step",
 ]
 
-#: ``epsilon`` may be one radius for all rows or a tensor of shape ``(N,)``.
-Radius = Union[float, Tensor]
-
-_HALF = (torch.float16, torch.bfloat16)
-
 
 # --------------------------------------------------------------------------- #
 # helpers
 # --------------------------------------------------------------------------- #
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype reductions of ``x`` are computed in (float32 for half types)."""
-    return torch.float32 if x.dtype in _HALF else x.dtype
-
-
-def _per_row(values: Tensor, x: Tensor) -> Tensor:
-    """Reshape per-row ``values`` of shape ``(N,)`` to broadcast against ``x``."""
-    return values.reshape(x.shape[0], *([1] * (x.ndim - 1)))
-
-
-def _radius(epsilon: Radius, x: Tensor) -> Radius:
-    """``epsilon`` as a scalar or as a per-row tensor broadcasting against ``x``."""
-    if isinstance(epsilon, Tensor):
-        return _per_row(epsilon.to(device=x.device, dtype=_compute_dtype(x)), x)
-    return epsilon
-
-
 def _exponent_range(dtype: torch.dtype) -> tuple[int, int]:
     """Binary exponents whose powers of two, and their inverses, are normal numbers of ``dtype``."""
     info = torch.finfo(dtype)
     return math.frexp(info.tiny)[1] + 2, math.frexp(info.max)[1] - 3
-
-
-def _check_rows(x: Tensor, name: str = "x") -> None:
-    if not isinstance(x, Tensor):
-        raise SettingTypeError(
-            f"`{name}` must be a torch.Tensor; got {type(x).__name__}", setting=name, value=x
-        )
-    if x.ndim < 1:
-        raise SettingError(
-            f"`{name}` must have a leading row dimension, shape (N, ...); got a 0-d tensor",
-            setting=name,
-            value=x,
-        )
-    if not x.is_floating_point():
-        raise SettingTypeError(
-            f"`{name}` must be a floating-point tensor; got dtype {x.dtype}", setting=name, value=x
-        )
-
-
-def _flat_shape(x: Tensor) -> tuple[int, int]:
-    """``(N, n)``: the rows of ``x`` flattened, spelled out so that empty tensors reshape too.
-
-    (``view(N, -1)`` is ambiguous for a tensor with no elements.)
-    """
-    return x.shape[0], math.prod(x.shape[1:])
-
-
-def _row_size(x: Tensor) -> int:
-    """Entries per row of ``x`` (also when ``x`` has no rows)."""
-    return math.prod(x.shape[1:])
-
-
-def _inplace_on_flat_rows(x: Tensor, fn: Callable[[Tensor], None]) -> Tensor:
-    """Run ``fn`` on a contiguous ``(N, n)`` view of ``x`` and make its writes land in ``x``.
-
-    ``fn`` is not called when ``x`` has no elements: there is nothing to transform.
-    """
-    _check_rows(x)
-    if x.numel() == 0:
-        return x
-    if x.is_contiguous():
-        fn(x.view(_flat_shape(x)))
-        return x
-    work = x.contiguous()
-    fn(work.view(_flat_shape(x)))
-    return x.copy_(work)
 
 
 def num_kept(n: int, q: float) -> int:
@@ -227,7 +170,7 @@ def _keep_top_k_(
 def _l1_normalized_signs(values: Tensor, eps: float = TINY) -> Tensor:
     """Signs of ``values`` (2-D), each row divided by its L1 norm (the count of nonzeros)."""
     signs = values.sign()
-    l1 = signs.abs().sum(dim=1, keepdim=True, dtype=_compute_dtype(values)).clamp_min_(eps)
+    l1 = signs.abs().sum(dim=1, keepdim=True, dtype=compute_dtype(values)).clamp_min_(eps)
     return signs / l1
 
 
@@ -256,8 +199,8 @@ def row_norms(x: Tensor, p: float) -> Tensor:
     >>> row_norms(torch.tensor([[3.0, -4.0]]), float("inf"))
     tensor([4.])
     """
-    _check_rows(x)
-    flat, dtype = x.reshape(_flat_shape(x)), _compute_dtype(x)
+    check_rows(x)
+    flat, dtype = x.reshape(flat_shape(x)), compute_dtype(x)
     if flat.shape[1] == 0:  # empty rows have norm 0 (amax would refuse them)
         return flat.new_zeros(flat.shape[0], dtype=dtype)
     # abs().sum / abs().amax: same values as vector_norm(ord=1 / inf), several times faster on CPU
@@ -308,8 +251,8 @@ def normalize_(x: Tensor, p: float, eps: float = TINY) -> Tensor:
     >>> normalize_(torch.tensor([[2.0, -6.0]]), p=1)
     tensor([[ 0.2500, -0.7500]])
     """
-    divisor = _per_row(row_norms(x, p).clamp_min_(eps), x)
-    if x.dtype in _HALF:
+    divisor = per_row(row_norms(x, p).clamp_min_(eps), x)
+    if x.dtype in HALF_DTYPES:
         return x.copy_(x.to(divisor.dtype) / divisor)
     return x.div_(divisor)
 
@@ -363,9 +306,9 @@ def topq_(
     >>> topq_(g.reshape(1, 4).clone(), q=0.75)
     tensor([[ 0.0000,  0.0000, -2.5000,  0.0000]])
     """
-    n = _row_size(x)
+    n = row_size(x)
     k, k_max = _draw_kept(n, q, dq, generator)
-    return _inplace_on_flat_rows(x, lambda rows: _keep_top_k_(rows, k, k_max))
+    return inplace_on_flat_rows(x, lambda rows: _keep_top_k_(rows, k, k_max))
 
 
 def topq(
@@ -423,10 +366,10 @@ def l1q_normalize_(
     >>> l1q_normalize_(torch.tensor([[-1.0, -2.0, 3.0, 0.5]]), q=0.5)
     tensor([[ 0.0000, -0.5000,  0.5000,  0.0000]])
     """
-    n = _row_size(x)
+    n = row_size(x)
     k, k_max = _draw_kept(n, q, dq, generator)
     values_fn = lambda kept: _l1_normalized_signs(kept, eps)  # noqa: E731
-    return _inplace_on_flat_rows(x, lambda rows: _keep_top_k_(rows, k, k_max, values_fn))
+    return inplace_on_flat_rows(x, lambda rows: _keep_top_k_(rows, k, k_max, values_fn))
 
 
 def movable_entries(param: Tensor, grad: Tensor, lower: Tensor | float, upper: Tensor | float) -> Tensor:
@@ -478,7 +421,7 @@ def topk_signs_(x: Tensor, k: int | Tensor, *, k_max: int | None = None, eps: fl
     tensor([[ 1.0000,  0.0000,  0.0000,  0.0000],
             [ 0.0000, -0.3333,  0.3333,  0.3333]])
     """
-    n = _row_size(x)
+    n = row_size(x)
     values_fn = lambda kept: _l1_normalized_signs(kept, eps)  # noqa: E731
     if isinstance(k, Tensor):
         if k_max is None:
@@ -495,9 +438,9 @@ def topk_signs_(x: Tensor, k: int | Tensor, *, k_max: int | None = None, eps: fl
             kept = values_fn(kept.masked_fill(surplus, 0))
             rows.zero_().scatter_(1, index, kept.to(rows.dtype))
 
-        return _inplace_on_flat_rows(x, keep)
+        return inplace_on_flat_rows(x, keep)
     k = min(max(int(k), 0), n)
-    return _inplace_on_flat_rows(x, lambda rows: _keep_top_k_(rows, k, k, values_fn))
+    return inplace_on_flat_rows(x, lambda rows: _keep_top_k_(rows, k, k, values_fn))
 
 
 def l1q_normalize(
@@ -544,9 +487,9 @@ def project_l2_ball_(x: Tensor, epsilon: Radius) -> Tensor:
     tensor([[0.6000, 0.8000],
             [0.3000, 0.4000]])
     """
-    norms = _per_row(row_norms(x, 2), x)
-    scale = (_radius(epsilon, x) / norms).clamp_(max=1.0)  # a zero row gives inf -> 1
-    return x.mul_(scale.to(x.dtype) if x.dtype in _HALF else scale)
+    norms = per_row(row_norms(x, 2), x)
+    scale = (per_row_radius(epsilon, x) / norms).clamp_(max=1.0)  # a zero row gives inf -> 1
+    return x.mul_(scale.to(x.dtype) if x.dtype in HALF_DTYPES else scale)
 
 
 def project_l2_ball(x: Tensor, epsilon: Radius) -> Tensor:
@@ -580,8 +523,8 @@ def project_linf_ball_(x: Tensor, epsilon: Radius) -> Tensor:
     >>> project_linf_ball_(torch.tensor([[-2.0, 1.5, 0.5]]), epsilon=1.0)
     tensor([[-1.0000,  1.0000,  0.5000]])
     """
-    _check_rows(x)
-    radius = _radius(epsilon, x)
+    check_rows(x)
+    radius = per_row_radius(epsilon, x)
     if isinstance(radius, Tensor):
         radius = radius.to(x.dtype)
         return torch.clamp(x, min=-radius, max=radius, out=x)
@@ -604,8 +547,8 @@ def _project_l1_rows_(rows: Tensor, epsilon: Radius) -> None:
     n = rows.shape[1]
     if n == 0:
         return
-    magnitude = rows.abs().to(_compute_dtype(rows))
-    radius = _radius(epsilon, magnitude)
+    magnitude = rows.abs().to(compute_dtype(rows))
+    radius = per_row_radius(epsilon, magnitude)
     if isinstance(radius, Tensor):
         radius = radius.double()
     # theta solves sum(max(|x| - theta, 0)) = eps; with u sorted descending and
@@ -651,7 +594,7 @@ def project_l1_ball_(x: Tensor, epsilon: Radius) -> Tensor:
     tensor([[ 0.5000,  0.5000],
             [ 0.2000, -0.3000]])
     """
-    return _inplace_on_flat_rows(x, lambda rows: _project_l1_rows_(rows, epsilon))
+    return inplace_on_flat_rows(x, lambda rows: _project_l1_rows_(rows, epsilon))
 
 
 def project_l1_ball(x: Tensor, epsilon: Radius) -> Tensor:
@@ -681,7 +624,7 @@ def _project_l1_box_rows_(rows: Tensor, epsilon: Radius, lower: Tensor, upper: T
     work = rows.to(torch.float64)
     magnitude = work.abs()
     capacity = torch.where(work >= 0, upper.to(work), -lower.to(work)).expand_as(work)
-    radius = _radius(epsilon, work)
+    radius = per_row_radius(epsilon, work)
     clipped_norm = torch.minimum(magnitude, capacity).sum(dim=1, keepdim=True)
     inside = clipped_norm <= radius
     # descending sweep over theta: passing |v| activates an entry, passing |v| - c saturates it.
@@ -736,7 +679,7 @@ def project_l1_ball_box_(x: Tensor, epsilon: Radius, lower: Tensor | float, uppe
     >>> project_l1_ball(y, 2.0).clamp(-1.0, 1.0)  # clamping after the L1 projection wastes budget
     tensor([[1., 0., 0.]])
     """
-    _check_rows(x)
+    check_rows(x)
     lower_t = torch.as_tensor(lower, device=x.device, dtype=torch.float64).expand(x.shape)
     upper_t = torch.as_tensor(upper, device=x.device, dtype=torch.float64).expand(x.shape)
 
@@ -745,7 +688,7 @@ def project_l1_ball_box_(x: Tensor, epsilon: Radius, lower: Tensor | float, uppe
             rows, epsilon, lower_t.reshape(rows.shape), upper_t.reshape(rows.shape)
         )
 
-    return _inplace_on_flat_rows(x, project)
+    return inplace_on_flat_rows(x, project)
 
 
 # --------------------------------------------------------------------------- #
@@ -771,7 +714,7 @@ def lmo_l1_(g: Tensor) -> Tensor:
         signs = rows.gather(1, index).sign_()
         rows.zero_().scatter_(1, index, signs)
 
-    return _inplace_on_flat_rows(g, one_hot_signs)
+    return inplace_on_flat_rows(g, one_hot_signs)
 
 
 def lmo_l2_(g: Tensor, eps: float = TINY) -> Tensor:
@@ -793,7 +736,7 @@ def lmo_linf_(g: Tensor) -> Tensor:
     >>> lmo_linf_(torch.tensor([[1.0, -2.0, 0.0]]))
     tensor([[ 1., -1.,  0.]])
     """
-    _check_rows(g)
+    check_rows(g)
     return g.sign_()
 
 
@@ -840,7 +783,7 @@ def _vertex_rows_(
 ) -> None:
     """``rows <- argmin <rows, v>`` over ``{‖v‖ <= ε} ∩ [lower, upper]`` for 2-D ``rows``."""
     g = rows.to(torch.float64)
-    radius = _radius(radius, g)
+    radius = per_row_radius(radius, g)
     capacity = _capacity(g, radius, lower.to(g), upper.to(g)).expand_as(g)
     if norm == "linf":
         amount = capacity
@@ -1003,8 +946,8 @@ def fw_vertex_box_(
         raise SettingError(
             f"`norm` must be one of 'l1', 'l1q', 'l2', 'linf'; got {norm!r}", setting="norm", value=norm
         )
-    _check_rows(g)
-    n = _row_size(g)
+    check_rows(g)
+    n = row_size(g)
     k, k_max = _draw_kept(n, q, dq, generator) if norm == "l1q" else (n, n)
     if norm == "l1q" and k_max == 0:
         return g.zero_()
@@ -1017,7 +960,7 @@ def fw_vertex_box_(
         high = upper_t.expand(g.shape).reshape(shape) if upper_t.ndim else upper_t
         _vertex_rows_(rows, norm, epsilon, low, high, k, k_max, spend_budget)
 
-    return _inplace_on_flat_rows(g, vertex)
+    return inplace_on_flat_rows(g, vertex)
 
 
 def frank_wolfe_update_(param: Tensor, direction: Tensor, alpha: float, scale: float) -> Tensor:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import Tensor
-from torch.optim import SGD, Optimizer
+from torch.optim import SGD
 
 from . import options as opt
 from . import functional as F
 from .options import REQUIRED, TINY
 from .param_transforming import ParamTransformingOptimizer
+from .types import InnerOptimizer, Params
 
 __all__ = [
     "SignedGradientOptim",
@@ -24,9 +24,6 @@ __all__ = [
     "TopQGradientOptimizer",
     "L1qNormedGradientOptim",
 ]
-
-Params = Iterable[Tensor] | Iterable[Mapping[str, Any]] | None
-InnerOptimizer = type[Optimizer] | functools.partial | Optimizer
 
 #: Options shared by every optimizer that sparsifies with top-q.
 TOPQ_OPTIONS: dict[str, opt.OptionCheck] = {

@@ -40,6 +40,9 @@ __all__ = [
     "positive",
     "nonnegative",
     "positive_integer",
+    "integer",
+    "one_of",
+    "optional_callable",
     "optional_real",
     "lower_bound",
     "upper_bound",
@@ -125,6 +128,60 @@ def positive_integer(where: str, name: str, value: Any) -> None:
     """An integer >= 1 (not a bool)."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise _fail(where, name, value, "an integer >= 1")
+
+
+def integer(low: int, *, optional: bool = False) -> OptionCheck:
+    """A check that the value is an integer ``>= low`` (not a bool); with ``optional``, also None.
+
+    An optional integer is a seed: it must also be below ``2**64``.
+
+    Examples
+    --------
+    >>> integer(0)("MyOptim", "min_numel", 4)  # fine: returns None
+    >>> integer(1, optional=True)("MyOptim", "seed", 0)
+    Traceback (most recent call last):
+    ...
+    rai_probe.errors.SettingError: MyOptim: option `seed` must be None or an integer within [1, 2**64); got seed=0
+    """
+    allowed = f"None or an integer within [{low}, 2**64)" if optional else f"an integer >= {low}"
+
+    def check(where: str, name: str, value: Any) -> None:
+        if optional and value is None:
+            return
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if not whole or value < low or (optional and value >= 2**64):
+            raise _fail(where, name, value, allowed)
+
+    return check
+
+
+def one_of(*allowed: Any) -> OptionCheck:
+    """A check that the value is one of ``allowed`` (strings or None).
+
+    Examples
+    --------
+    >>> one_of("mean", "max")("MyOptim", "aggregate", "median")
+    Traceback (most recent call last):
+    ...
+    rai_probe.errors.SettingError: MyOptim: option `aggregate` must be one of 'mean', 'max'; got aggregate='median'
+    """
+    listed = ", ".join(map(repr, allowed))
+
+    def check(where: str, name: str, value: Any) -> None:
+        if not (isinstance(value, (str, type(None))) and value in allowed):
+            raise _fail(where, name, value, f"one of {listed}")
+
+    return check
+
+
+def optional_callable(where: str, name: str, value: Any) -> None:
+    """``None`` or a callable (a :class:`~rai_probe.errors.SettingTypeError` otherwise)."""
+    if value is not None and not callable(value):
+        raise SettingTypeError(
+            f"{where}: option `{name}` must be None or a callable; got {type(value).__name__}",
+            setting=name,
+            value=value,
+        )
 
 
 def optional_real(where: str, name: str, value: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
@@ -14,46 +13,12 @@ from ..errors import SettingError, SettingTypeError
 from . import options as opt
 from .nonfinite import SkipsNonFiniteRows, suspended
 from .options import REQUIRED, OptionCheck
+from .rows import Rows, rows_shape
 
 __all__ = ["ParamTransformingOptimizer", "rows_shape"]
 
 #: Key under which a saved param group stores a generator's state.
 _GENERATOR_STATE = "rai_probe.generator_state"
-
-
-def rows_shape(shape: torch.Size | tuple[int, ...], param_ndim: int | None) -> tuple[int, ...]:
-    """The ``(N, d0, ...)`` shape that ``param_ndim`` gives a tensor of ``shape``.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Shape of the parameter.
-    param_ndim : int or None
-        ``None``: the whole tensor is one row. ``0``: every element is its own
-        row. ``m > 0``: rows are the trailing ``m`` dimensions. ``m < 0``: rows
-        drop ``|m|`` leading dimensions. A 0-d tensor is always one row of one
-        element.
-
-    Returns
-    -------
-    tuple of int
-
-    Examples
-    --------
-    >>> [rows_shape((3, 5, 2), nd) for nd in (0, 1, -1, None)]
-    [(30, 1), (15, 2), (3, 5, 2), (1, 3, 5, 2)]
-    >>> rows_shape((), -1)
-    (1, 1)
-    """
-    ndim = len(shape)
-    if ndim == 0:
-        return (1, 1)
-    if param_ndim is None:
-        return (1, *shape)
-    kept = param_ndim + ndim if param_ndim < 0 else param_ndim
-    if kept == 0:
-        return (math.prod(shape), 1)
-    return (math.prod(shape[: ndim - kept]), *shape[ndim - kept :])
 
 
 def _check_param_ndim(where: str, param_ndim: int | None, params: Iterable[Tensor]) -> None:
@@ -70,49 +35,6 @@ def _check_param_ndim(where: str, param_ndim: int | None, params: Iterable[Tenso
                 setting="param_ndim",
                 value=param_ndim,
             )
-
-
-class _Rows:
-    """A parameter (and its gradient) seen as contiguous ``(N, d0, ...)`` rows.
-
-    Writes to the rows land in the parameter: contiguous tensors are viewed,
-    others are transformed as a contiguous copy that is written back.
-    """
-
-    __slots__ = ("param", "rows", "grad_rows", "_param_copied", "_grad_copied")
-
-    def __init__(self, param: Tensor, param_ndim: int | None) -> None:
-        shape = rows_shape(param.shape, param_ndim)
-        self.param = param
-        self.rows, self._param_copied = self._view(param.detach(), shape)
-        self.grad_rows = None
-        self._grad_copied = False
-        if param.grad is not None:
-            if param.grad.is_sparse:
-                raise TypeError(
-                    "parameter-transforming optimizers need dense gradients; got a sparse "
-                    f"gradient for a parameter of shape {tuple(param.shape)}"
-                )
-            self.grad_rows, self._grad_copied = self._view(param.grad, shape)
-            self.rows.grad = self.grad_rows
-
-    @staticmethod
-    def _view(t: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, bool]:
-        if t.is_contiguous():
-            return t.view(shape), False
-        return t.contiguous().view(shape), True
-
-    def write_back(self, method: Callable) -> None:
-        if self.rows.grad is not self.grad_rows:
-            raise RuntimeError(
-                f"{method.__qualname__} rebound `param.grad`; transforms must modify the "
-                "gradient in place (e.g. `param.grad.mul_(...)` or "
-                "`torch.sign(param.grad, out=param.grad)`)"
-            )
-        if self._param_copied:
-            self.param.detach().copy_(self.rows.view(self.param.shape))
-        if self._grad_copied:
-            self.param.grad.copy_(self.grad_rows.view(self.param.shape))
 
 
 def _is_optimizer_factory(obj: Any) -> bool:
@@ -277,6 +199,23 @@ class ParamTransformingOptimizer(SkipsNonFiniteRows, Optimizer):
         (True, False)
         """
         return name in cls._all_options
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The names of all per-group options this optimizer stores, its bases' first.
+
+        As for :meth:`takes_option`: the class's own options and its bases',
+        not the inner optimizer's.
+
+        Examples
+        --------
+        >>> from rai_probe.optim import ClampedGradientOptimizer, SignedGradientOptim
+        >>> SignedGradientOptim.option_names()
+        ('param_ndim', 'grad_scale', 'grad_bias')
+        >>> ClampedGradientOptimizer.option_names()[3:]
+        ('clamp_min', 'clamp_max')
+        """
+        return tuple(cls._all_options)
 
     def __init__(
         self,
@@ -443,7 +382,7 @@ class ParamTransformingOptimizer(SkipsNonFiniteRows, Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                view = _Rows(param, group["param_ndim"])
+                view = Rows(param, group["param_ndim"])
                 method(view.rows, optim_group=group)
                 view.write_back(method)
 

@@ -12,13 +12,8 @@ from . import options as opt
 from . import functional as F
 from .constraints import BallConstrained, bound_rows
 from .options import REQUIRED, TINY
-from .normed import (
-    InnerOptimizer,
-    L1qNormedGradientOptim,
-    L2NormedGradientOptim,
-    Params,
-    SignedGradientOptim,
-)
+from .normed import L1qNormedGradientOptim, L2NormedGradientOptim, SignedGradientOptim
+from .types import InnerOptimizer, Params
 
 __all__ = ["L1ProjectedOptim", "L2ProjectedOptim", "LinfProjectedOptim"]
 

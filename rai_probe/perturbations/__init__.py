@@ -6,8 +6,9 @@ A perturbation model (:class:`AdditivePerturbation` or any module satisfying
 an ε-ball, per row as in :mod:`rai_probe.optim`; :func:`gradient_ascent`
 pairs it with any optimizer of :mod:`rai_probe.optim` against a frozen
 classifier; :class:`Attack` is the named recipe (optimizer, budget, loss,
-restarts, ε schedule) that the CLI and training share. See
-docs/perturbations.md.
+restarts, ε schedule) that the CLI and training share;
+:func:`fit_universal_perturbation` fits one perturbation shared by a whole set
+of images, or one per class (docs/universal.md). See docs/perturbations.md.
 """
 
 from .initializers import (
@@ -19,6 +20,12 @@ from .models import AdditivePerturbation, PerturbationModel
 from .solvers import AttackResult, gradient_ascent, random_restart
 from .losses import dlr_loss, targeted_dlr_loss
 from .attacks import ATTACK_NORMS, ATTACK_OPTIMIZERS, Attack
+from .universal import (
+    UniversalResult,
+    apply_universal,
+    fit_universal_perturbation,
+    universal_success,
+)
 
 __all__ = [
     "PerturbationModel",
@@ -34,4 +41,8 @@ __all__ = [
     "ATTACK_NORMS",
     "dlr_loss",
     "targeted_dlr_loss",
+    "fit_universal_perturbation",
+    "apply_universal",
+    "universal_success",
+    "UniversalResult",
 ]

@@ -4,7 +4,10 @@ An :class:`Attack` is the plain-data description of one attack (which
 optimizer, the ε-ball, steps, step size, sparsity, random start, goal) that
 configuration files, adversarial training and the probe CLI share. It is
 checked when it is built, by constructing its optimizer once on a dummy
-parameter, so a wrong option fails before any model runs.
+parameter, so a wrong option fails before any model runs. Every config that
+describes an attack (``rai_probe/configs/attack/*.yaml``, the entries of
+``rai_probe/configs/training/eval_attacks/*.yaml``, the ``attack`` of
+``rai_probe/configs/training/train.yaml``) is spelt as :meth:`Attack.from_dict` reads it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from .losses import LOSSES, attack_criterion
 from .models import AdditivePerturbation
 from .solvers import AttackResult, gradient_ascent, random_restart, takes_option
 
-__all__ = ["Attack", "ATTACK_OPTIMIZERS", "ATTACK_NORMS", "RANDOM_INITS"]
+__all__ = ["Attack", "ATTACK_OPTIMIZERS", "ATTACK_NORMS", "RANDOM_INITS", "OPTION_ALIASES", "option_keys"]
 
 #: Optimizers an :class:`Attack` may name: those that keep the perturbation in an ε-ball.
 ATTACK_OPTIMIZERS: tuple[str, ...] = (
@@ -85,6 +88,64 @@ RANDOM_INITS: dict[str, Callable[..., Any]] = {
 
 #: Random starts that take the data's box (``bounds=``) so they can start on the ball ∩ box.
 _BOX_AWARE_INITS = frozenset({"l1_sparse"})
+
+
+#: Optimizer options that an attack's settings may also give at the top level, as the probe's
+#: configs do (``q: 0.99`` for ``options: {q: 0.99}``); :meth:`Attack.from_dict` folds them in.
+OPTION_ALIASES: tuple[str, ...] = ("q", "dq")
+
+
+def option_keys(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Where each optimizer option of attack ``settings`` is written: ``"options.<name>"`` or ``"<name>"``.
+
+    An option that an error names (its ``setting``) is fixed where the user
+    wrote it: inside ``options``, or at the top level for an alias of
+    :data:`OPTION_ALIASES` given there. An alias given nowhere is named at
+    the top level, its usual spelling.
+
+    Examples
+    --------
+    >>> option_keys({"optimizer": "L1APGD", "epsilon": 10, "q": 0.8, "options": {"initial_step": 2.0}})
+    {'q': 'q', 'dq': 'dq', 'initial_step': 'options.initial_step'}
+    >>> option_keys({"optimizer": "L1qFrankWolfe", "epsilon": 10, "options": {"q": 0.9}})["q"]
+    'options.q'
+    """
+    if not isinstance(settings, Mapping):
+        return {}
+    nested = settings.get("options")
+    nested = nested if isinstance(nested, Mapping) else {}
+    keys = {name: name for name in OPTION_ALIASES if settings.get(name) is not None or name not in nested}
+    for name in nested:
+        keys.setdefault(str(name), f"options.{name}")
+    return keys
+
+
+def _fold_aliases(values: dict[str, Any], aliases: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``values`` with the top-level aliases (``q``, ``dq``; ``None``: not given) moved into ``options``."""
+    given = {key: value for key, value in aliases.items() if value is not None}
+    if not given:
+        return values
+    nested = values.get("options", {})
+    if not isinstance(nested, Mapping):
+        return values  # Attack names the bad `options`
+    for key, value in given.items():
+        if key in nested and nested[key] != value:
+            raise SettingError(
+                f"{where}: `{key}` is given twice, as {key}={value!r} and options.{key}={nested[key]!r}; give it once",
+                setting=key,
+                value=value,
+            )
+    return {**values, "options": {**nested, **given}}
+
+
+def _pgd_step(epsilon: Any, steps: Any) -> Any:
+    """The PGD step size ``2.5 * epsilon / steps`` (``None`` when they are not valid: Attack names them)."""
+    valid = _finite_number(epsilon) and isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1
+    return 2.5 * epsilon / steps if valid else None
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _probe_param(param_ndim: Any = None) -> Tensor:
@@ -467,6 +528,19 @@ class Attack:
         self._build_on(torch.zeros((1, *data_shape[1:]) if data_shape else (1,), requires_grad=True))
 
     @property
+    def lr_is_step_length(self) -> bool:
+        """Whether ``lr`` is the length of each step (the projected family), so fewer steps travel less far.
+
+        The Frank-Wolfe and APGD families set their own steps relative to ε.
+
+        Examples
+        --------
+        >>> Attack("L2ProjectedOptim", epsilon=1.0).lr_is_step_length, Attack("L1FrankWolfe", epsilon=1.0).lr_is_step_length
+        (True, False)
+        """
+        return self.optimizer in _TAKES_LR
+
+    @property
     def norm(self) -> str:
         """The norm of the attack's ε-ball: ``"l1"``, ``"l2"`` or ``"linf"``."""
         return ATTACK_NORMS[self.optimizer]
@@ -602,6 +676,24 @@ class Attack:
     def from_dict(cls, settings: Mapping[str, Any], *, where: str = "attack") -> "Attack":
         """Build an attack from plain data (a config entry); an unknown key is an error naming it.
 
+        This is the one spelling of an attack that every config describes:
+        ``rai_probe/configs/attack/*.yaml`` (the probe), the entries of
+        ``rai_probe/configs/training/eval_attacks/*.yaml`` and the ``attack`` of
+        ``rai_probe/configs/training/train.yaml``. Its keys are the fields of
+        :class:`Attack`, plus:
+
+        * ``q``, ``dq`` (:data:`OPTION_ALIASES`): the sparsity options, which
+          may be written at the top level (``q: 0.99``) instead of inside
+          ``options`` (``options: {q: 0.99}``); they are folded into
+          ``options``. ``None`` means not given. Giving one both ways with
+          different values is an error naming it.
+        * ``name``: a label of the config entry (a string or ``None``), not
+          part of the attack.
+
+        ``lr: None`` means the step size of PGD (Madry et al., 2018):
+        ``2.5 * epsilon / steps`` (``steps`` counting all stages of an
+        ``epsilon_schedule``), so a step count and a budget are enough.
+
         Values are taken as they are (a string is never read as a number or a
         boolean); integer ``epsilon`` and ``data_range`` bounds become floats,
         and an ``epsilon_schedule`` list a tuple.
@@ -609,24 +701,35 @@ class Attack:
         Raises
         ------
         UnknownSettingError
-            A key that is not a field of :class:`Attack` (``setting`` names it).
+            A key that is not a field of :class:`Attack`, an alias or
+            ``name`` (``setting`` names it).
         SettingError
-            A value the attack refuses (see :class:`Attack`).
+            A value the attack refuses (see :class:`Attack`), or an alias
+            given twice with different values (``setting`` is the alias).
 
         Examples
         --------
         >>> Attack.from_dict({"optimizer": "L2ProjectedOptim", "epsilon": 1.5, "steps": 5}).lr
         1.0
+        >>> Attack.from_dict({"optimizer": "L2ProjectedOptim", "epsilon": 1.5, "steps": 10, "lr": None}).lr
+        0.375
         >>> Attack.from_dict({"optimizer": "L1APGD", "epsilon": 10, "restarts": 2}).restarts
         2
+        >>> sparse = {"name": "l1q", "optimizer": "L1qFrankWolfe", "epsilon": 10, "q": 0.99, "dq": None}
+        >>> Attack.from_dict(sparse) == Attack("L1qFrankWolfe", epsilon=10.0, options={"q": 0.99})
+        True
+        >>> Attack.from_dict({**sparse, "options": {"q": 0.9}})
+        Traceback (most recent call last):
+        ...
+        rai_probe.errors.SettingError: attack: `q` is given twice, as q=0.99 and options.q=0.9; give it once
         >>> Attack.from_dict({"optimizer": "L2ProjectedOptim", "epsilon": 1.5, "stpes": 5})
         Traceback (most recent call last):
         ...
-        rai_probe.errors.UnknownSettingError: attack: unknown setting(s) ['stpes']; allowed: optimizer, epsilon, steps, lr, options, random_init, smoothing_sigma, targeted, use_best, early_stop, confidence, data_range, loss, restarts, epsilon_schedule, check_every
+        rai_probe.errors.UnknownSettingError: attack: unknown setting(s) ['stpes']; allowed: optimizer, epsilon, steps, lr, options, random_init, smoothing_sigma, targeted, use_best, early_stop, confidence, data_range, loss, restarts, epsilon_schedule, check_every, q, dq, name
         """
         if not isinstance(settings, Mapping):
             raise SettingTypeError(f"{where}: must be a mapping of settings; got {settings!r}", setting=None, value=settings)
-        allowed = [f.name for f in fields(cls)]
+        allowed = [f.name for f in fields(cls)] + list(OPTION_ALIASES) + ["name"]
         unknown = sorted(set(settings) - set(allowed))
         if unknown:
             raise UnknownSettingError(
@@ -638,12 +741,19 @@ class Attack:
         if missing:
             raise SettingTypeError(f"{where}: `{missing[0]}` is required", setting=missing[0])
         values = dict(settings)
+        label = values.pop("name", None)
+        if label is not None and not isinstance(label, str):
+            raise SettingTypeError(f"{where}: `name` must be a string (a label); got name={label!r}",
+                                   setting="name", value=label)
+        aliases = {key: values.pop(key) for key in OPTION_ALIASES if key in values}
         if values.get("options") is None:
             values.pop("options", None)
+        values = _fold_aliases(values, aliases, where)
         if isinstance(values.get("data_range"), (list, tuple)):
             values["data_range"] = tuple(_as_float(v) for v in values["data_range"])
-        if "epsilon" in values:
-            values["epsilon"] = _as_float(values["epsilon"])
+        values["epsilon"] = _as_float(values["epsilon"])
+        if "lr" in values and values["lr"] is None:
+            values["lr"] = _pgd_step(values["epsilon"], values.get("steps", 10))
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -666,6 +776,8 @@ class Attack:
         *,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        epsilon: Tensor | None = None,
+        start: Tensor | None = None,
     ) -> AttackResult:
         """Attack ``model`` at ``images``: see :func:`~rai_probe.perturbations.gradient_ascent`.
 
@@ -677,11 +789,34 @@ class Attack:
         restart; with an ``epsilon_schedule`` each row holds the stages one
         after the other, and ``steps_run`` and ``first_success_step`` count
         the steps of all stages.
+
+        ``epsilon``, a tensor of shape ``(N,)`` of finite radii > 0, gives
+        each image its own radius instead of the attack's ``epsilon`` (an
+        ``epsilon_schedule`` scales each). ``start``, a perturbation of the
+        images' shape, is the first iterate instead of a zero or random
+        start (a warm start), after its exact projection onto each image's
+        ball and the data's box, so that every iterate stays feasible.
+
+        Examples
+        --------
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+        >>> images = torch.rand(3, 1, 2, 2)
+        >>> attack = Attack("L2ProjectedOptim", epsilon=1.0, steps=3, lr=0.5, data_range=(0.0, 1.0))
+        >>> radii = torch.tensor([0.1, 0.2, 0.4])
+        >>> result = attack.run(model, images, torch.tensor([0, 1, 0]), epsilon=radii)
+        >>> bool(((result.xadv - images).flatten(1).norm(dim=1) <= radii * (1 + 1e-5)).all())
+        True
         """
         criterion = attack_criterion(self.loss, self.targeted)
+        radius = self._checked_radius(epsilon, images)
+        if start is not None and tuple(start.shape) != tuple(images.shape):
+            raise SettingError(
+                f"Attack.run: `start` must have the images' shape {tuple(images.shape)}; got {tuple(start.shape)}",
+                setting="start",
+            )
 
         def one_run(**_: Any) -> AttackResult:
-            return self._run_once(model, images, target, generator, progress, criterion)
+            return self._run_once(model, images, target, generator, progress, criterion, radius, start)
 
         if self.restarts == 1:
             return one_run()
@@ -695,13 +830,16 @@ class Attack:
         generator: torch.Generator | None,
         progress: bool,
         criterion: Callable[[Tensor, Tensor], Tensor] | None,
+        radius: float | Tensor | None = None,
+        start: Tensor | None = None,
     ) -> AttackResult:
         factors = self.epsilon_schedule or (1.0,)
         plan = list(zip(factors, stage_steps(self.steps, len(factors))))
-        start: Tensor | None = None
+        radius = self.epsilon if radius is None else radius
+        start = None if start is None else start.detach().to(images.dtype if images.is_floating_point() else torch.float32)
         stages: list[AttackResult] = []
         for index, (factor, steps) in enumerate(plan):
-            epsilon = self.epsilon * factor
+            epsilon = radius * factor
             last = index == len(plan) - 1
             perturbation = self._perturbation(images, epsilon, start, generator)
             kwargs = self._optimizer_kwargs(epsilon, steps)
@@ -729,8 +867,27 @@ class Attack:
             start = (result.xadv - images.to(result.xadv.dtype)).detach()
         return _chain(stages)
 
+    def _checked_radius(self, epsilon: Tensor | None, images: Tensor) -> Tensor | None:
+        """A per-image radius tensor checked: shape ``(N,)``, finite and > 0 (no host sync beyond the check)."""
+        if epsilon is None:
+            return None
+        n = images.shape[0] if images.ndim else 1
+        if not isinstance(epsilon, Tensor) or tuple(epsilon.shape) != (n,) or not epsilon.is_floating_point():
+            raise SettingError(
+                f"Attack.run: `epsilon` must be a float tensor of shape ({n},), one radius per image; got {epsilon!r}",
+                setting="epsilon",
+                value=epsilon,
+            )
+        if not bool((torch.isfinite(epsilon) & (epsilon > 0)).all()):
+            raise SettingError(
+                f"Attack.run: every per-image `epsilon` must be a finite number > 0; got {epsilon.tolist()}",
+                setting="epsilon",
+                value=epsilon,
+            )
+        return epsilon.detach().to(images.device)
+
     def _perturbation(
-        self, images: Tensor, epsilon: float, start: Tensor | None, generator: torch.Generator | None
+        self, images: Tensor, epsilon: float | Tensor, start: Tensor | None, generator: torch.Generator | None
     ) -> Any:
         """The perturbation model of a stage: a random or zero start, or the previous stage's point."""
         if start is not None:

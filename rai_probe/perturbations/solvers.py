@@ -18,7 +18,7 @@ from ..optim.constraints import bound_rows
 from ..optim.nonfinite import SkipsNonFiniteRows
 from .models import AdditivePerturbation
 
-__all__ = ["AttackResult", "gradient_ascent", "random_restart", "frozen_eval", "takes_option", "optimizer_class"]
+__all__ = ["AttackResult", "gradient_ascent", "random_restart", "frozen_eval", "takes_option", "optimizer_class", "goal_met"]
 
 log = logging.getLogger(__name__)
 
@@ -240,14 +240,30 @@ def _finite_per_datum(values: Any, n: int) -> Tensor | None:
     return torch.isfinite(values).reshape(n, math.prod(values.shape[1:])).all(dim=1)
 
 
-def _goal_met(logits: Tensor, target: Tensor, targeted: bool, confidence: float | None) -> Tensor:
+def goal_met(logits: Tensor, target: Tensor, *, targeted: bool, confidence: float | None = None) -> Tensor:
+    """Per image, whether the model's output meets the attack's goal.
+
+    Untargeted: the prediction differs from ``target`` (the true label);
+    targeted: it is ``target``, with at least ``confidence`` softmax
+    probability when given.
+
+    Examples
+    --------
+    >>> import torch
+    >>> logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    >>> goal_met(logits, torch.tensor([0, 0]), targeted=False).tolist()
+    [False, True]
+    >>> goal_met(logits, torch.tensor([1, 1]), targeted=True, confidence=0.9).tolist()
+    [False, False]
+    """
+    target = target.to(logits.device)
     predicted = logits.argmax(dim=1)
     if not targeted:
         return predicted != target
     met = predicted == target
     if confidence is not None:
         probability = logits.float().softmax(dim=1).gather(1, target.view(-1, 1)).squeeze(1)
-        met &= probability >= confidence
+        met = met & (probability >= confidence)
     return met
 
 
@@ -582,7 +598,7 @@ def gradient_ascent(
             finite_losses = _finite_per_datum(losses.detach(), n)
             finite = finite_losses if finite is None else finite & finite_losses.to(finite.device)
         if has_success:
-            success = _goal_met(logits.detach(), target, targeted, confidence) & finite
+            success = goal_met(logits.detach(), target, targeted=targeted, confidence=confidence) & finite
             first_success = torch.where(success & (first_success < 0), step, first_success)
         if use_best:
             current = losses.detach()
@@ -639,7 +655,11 @@ def gradient_ascent(
                         param.copy_(torch.where(_rows(frozen, param), before, param))
             if progress and (step % report_every == 0 or step == steps - 1):
                 rate = f", success {success.float().mean().item():.3f}" if success is not None else ""
-                log.info("step %d/%d: loss %.4g%s", step + 1, steps, trace[-1].item(), rate)
+                if datum_trace:  # the quantity the probe job's loss_trace.png shows
+                    log.info("step %d/%d: loss (mean over data) %.4g%s", step + 1, steps,
+                             datum_trace[-1].float().mean().item(), rate)
+                else:
+                    log.info("step %d/%d: loss (reduced) %.4g%s", step + 1, steps, trace[-1].item(), rate)
         if final is None:
             with torch.no_grad():
                 final = _evaluate_empty(evaluate, data) if n == 0 else evaluate(steps_run)
@@ -649,7 +669,7 @@ def gradient_ascent(
         xadv, losses, logits = best_x, best_losses, best_logits
         if has_success:
             finite = _finite_per_datum(logits, n)
-            success = _goal_met(logits, target, targeted, confidence) & finite
+            success = goal_met(logits, target, targeted=targeted, confidence=confidence) & finite
     skipped = _report_skipped(optim, skipped_before) if counts_skipped else None
     return AttackResult(
         xadv=xadv.detach(),

@@ -53,8 +53,7 @@ from torch import Tensor
 from .._io import write_atomic
 from ..jobs.rundir import ERROR_FILE, METRICS_FILE, job_status, write_error
 from ..models import read_torch_file
-from .metrics import PER_IMAGE_KEYS, _check_budget, per_image_metrics
-from .quality import QUALITY_KEYS
+from .metrics import OPTIONAL_KEYS, PER_IMAGE_KEYS, _check_budget, per_image_metrics
 
 __all__ = [
     "METRICS_FILE",
@@ -102,7 +101,7 @@ _NAME_COLUMNS = {
     "adv_pred": "adv_pred_name",
 }
 _INT_KEYS = frozenset({"index", "label", "target", "clean_pred", "adv_pred", "steps_to_success",
-                       "l0_pixels", "l0_elements"})
+                       "l0_pixels", "l0_elements", "search_steps", "search_rounds"})
 _BOOL_KEYS = frozenset({"success", "clean_correct"})
 #: Integer columns whose -1 means "none / unknown": written as an empty cell, the CSV's one missing value.
 _OPTIONAL_INT_KEYS = frozenset({"label", "target", "steps_to_success"})
@@ -363,7 +362,8 @@ def per_image_from_perturbations(saved: Mapping[str, Any], *, atol: float = 0.0)
         epsilon=saved.get("epsilon"),
         norm=saved.get("budget_norm"),
     )
-    per_image.update({key: value for key, value in (saved.get("quality") or {}).items() if key in QUALITY_KEYS})
+    for group in ("quality", "minimal"):  # optional per-image values a job saved beside the tensors
+        per_image.update({key: value for key, value in (saved.get(group) or {}).items() if key in OPTIONAL_KEYS})
     return per_image
 
 
@@ -445,7 +445,7 @@ def write_per_image_csv(
     if sources is not None and (isinstance(sources, str) or len(sources) != n):
         raise ValueError(f"`sources` must hold one file name per image ({n}); got {sources!r:.80}")
 
-    quality = [key for key in QUALITY_KEYS if key in per_image]
+    quality = [key for key in OPTIONAL_KEYS if key in per_image]
     columns.update({key: per_image[key].detach().cpu().tolist() for key in quality})
 
     buffer = io.StringIO()
@@ -495,7 +495,7 @@ def read_per_image_csv(path_or_dir: str | os.PathLike) -> dict[str, Tensor]:
     if missing:
         raise ValueError(f"{str(path)} is not a per-image CSV of rai_probe: missing columns {missing}")
     out = {}
-    for key in PER_IMAGE_KEYS + tuple(key for key in QUALITY_KEYS if key in header):
+    for key in PER_IMAGE_KEYS + tuple(key for key in OPTIONAL_KEYS if key in header):
         cells = [row[key] for row in rows]
         if key in _BOOL_KEYS:
             out[key] = torch.tensor([cell.lower() == "true" for cell in cells], dtype=torch.bool)

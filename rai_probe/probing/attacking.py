@@ -38,6 +38,7 @@ class AttackedRows:
     loss_trace: Tensor
     datum_trace: Tensor | None
     interrupted: bool
+    extra: dict[str, Tensor] | None = None  # per-row values a mode adds (mode=minimal: ε*, steps, ...)
 
 
 def _padded_traces(traces: Sequence[Tensor]) -> Tensor:
@@ -53,6 +54,8 @@ def _run_batch(job: ProbeJob, model: torch.nn.Module, plan: ProbePlan, part: sli
     """Attack one batch, with the generator of its global number; the result on the CPU."""
     generator = torch.Generator(device=job.device).manual_seed(batch_seed(job.seed, batch))
     try:
+        if job.minimal is not None:
+            return _minimal_batch(job, model, plan, part, generator)
         result = job.attack.run(
             model, plan.images[part], plan.attack_target[part], generator=generator, progress=job.progress
         )
@@ -72,6 +75,22 @@ def _run_batch(job: ProbeJob, model: torch.nn.Module, plan: ProbePlan, part: sli
         first_success=result.first_success_step.cpu(),
         loss_trace=result.loss_trace.float().cpu(),
         datum_trace=None if result.datum_loss_trace is None else result.datum_loss_trace.float().cpu(),
+    )
+
+
+def _minimal_batch(job: ProbeJob, model: torch.nn.Module, plan: ProbePlan, part: slice,
+                   generator: torch.Generator) -> BatchResult:
+    """``mode=minimal`` on one batch: each row's ε* and the success found there."""
+    found = job.minimal.run(job.attack, model, plan.images[part], plan.attack_target[part], generator=generator)
+    return BatchResult(
+        xadv=found.xadv.cpu(),
+        logits=found.logits.float().cpu(),
+        success=found.success.cpu(),
+        first_success=found.first_success_step.cpu(),
+        loss_trace=torch.full((1,), float("nan")),  # rounds at different radii: no one trace
+        datum_trace=None,
+        extra={"epsilon_min": found.epsilon.cpu(), "epsilon_failed": found.epsilon_failed.cpu(),
+               "search_steps": found.steps.cpu(), "search_rounds": found.rounds.cpu()},
     )
 
 
@@ -152,4 +171,12 @@ def attack_rows(
         loss_trace=loss_trace,
         datum_trace=datum_trace,
         interrupted=interrupted,
+        extra=_joined_extra(results),
     )
+
+
+def _joined_extra(results: Sequence[BatchResult]) -> dict[str, Tensor] | None:
+    """The batches' per-row extra values, concatenated (None unless every batch has them)."""
+    if not results or any(result.extra is None for result in results):
+        return None
+    return {key: torch.cat([result.extra[key] for result in results]) for key in results[0].extra}

@@ -96,8 +96,9 @@ class BatchResult:
     first_success: Tensor
     loss_trace: Tensor
     datum_trace: Tensor | None
+    extra: dict[str, Tensor] | None = None  # per-row values a mode adds (mode=minimal: ε*, steps, ...)
 
-    _KEYS = ("xadv", "logits", "success", "first_success", "loss_trace", "datum_trace")
+    _KEYS = ("xadv", "logits", "success", "first_success", "loss_trace", "datum_trace", "extra")
 
     def to_dict(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self._KEYS}
@@ -144,7 +145,7 @@ class BatchRecords:
             log.warning("resume: %s was made under another configuration; attacking that batch again", path)
             return None
         self.reused += 1
-        return BatchResult(**{key: saved[key] for key in BatchResult._KEYS})
+        return BatchResult(**{key: saved.get(key) for key in BatchResult._KEYS})
 
     def save(self, batch: int, result: BatchResult) -> None:
         """Write the record of global batch ``batch`` atomically (a crash leaves the old one or none)."""

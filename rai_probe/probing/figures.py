@@ -42,6 +42,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from torch import Tensor
 
 from .artifacts import FIGURES_DIR
@@ -60,6 +61,9 @@ __all__ = [
     "NEGLIGIBLE",
     "MIN_COLOR_LIMIT",
     "color_limit",
+    "plot_contrast",
+    "plot_class_concepts",
+    "plot_overlay_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -779,8 +783,12 @@ def plot_curves(
             ax.set_title(panel.title, fontsize=10)
         if panel.ylim is not None:
             ax.set_ylim(*panel.ylim)
-        if logx:
+        drawn = any(y is not None and math.isfinite(y) for _, ys in panel.curves.values() for y in ys)
+        if not drawn:
+            ax.text(0.5, 0.5, "no value applies", transform=ax.transAxes, ha="center", fontsize=8, color="0.3")
+        if logx and drawn:  # an axes with nothing drawn cannot be log-scaled
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: minor labels overlap
         ax.grid(alpha=0.3)
         if panel.curves:
             ax.legend(fontsize=8)
@@ -863,3 +871,135 @@ def plot_heatmap_gallery(
     if title:
         figure.suptitle(title, fontsize=10, y=1 - 0.05 / figure.get_figheight())
     return _save(figure, path)
+
+
+# --------------------------------------------------------------------------- #
+# dataset-level concepts (rai_probe.probing.concepts)
+# --------------------------------------------------------------------------- #
+def plot_contrast(path: str | os.PathLike, maps: Mapping, *, source: str, target: str) -> Path:
+    """``figures/contrast.png``: the mean source image, the mean signed δ and the mean ``|δ|``, with colour bars.
+
+    ``maps`` is :func:`~rai_probe.probing.concepts.contrast_maps`'s output.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from rai_probe.probing.concepts import contrast_maps
+    >>> images = torch.rand(3, 1, 6, 6)
+    >>> maps = contrast_maps(images, images + 0.1 * torch.randn(3, 1, 6, 6), success=torch.tensor([True, False, True]))
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     print(plot_contrast(Path(tmp) / "c.png", maps, source="3", target="8").name)
+    c.png
+    """
+    signed = maps["mean_delta"][0].sum(dim=0)
+    magnitude = maps["mean_abs_delta"][0].sum(dim=0)
+    figure = _new_figure(9.0, 3.4)
+    axes = figure.subplots(1, 3)
+    _show_image(axes[0], _displayable(maps["mean_image"].float())[0])
+    axes[0].set_title(f"mean image of {source}\n({maps['n']} of {maps['n_all']} moved to {target})", fontsize=8)
+    limit = color_limit(signed)
+    shown = axes[1].imshow(_numpy(signed), cmap=_SIGNED_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
+    axes[1].set_title(f"mean signed δ\n(red: added to make {target})", fontsize=8)
+    figure.colorbar(shown, ax=axes[1], shrink=0.8).set_label("mean δ (channel sum)", fontsize=7)
+    heat = axes[2].imshow(_numpy(magnitude), cmap=_HEAT_CMAP, vmin=0.0, vmax=color_limit(magnitude),
+                          interpolation="nearest")
+    axes[2].set_title("mean |δ|\n(where it changes)", fontsize=8)
+    figure.colorbar(heat, ax=axes[2], shrink=0.8).set_label("mean |δ| (channel sum)", fontsize=7)
+    for ax in axes:
+        _bare(ax)
+    figure.suptitle(f"what turns {source} into {target} for this model", fontsize=10)
+    return _save(figure, path)
+
+
+def plot_class_concepts(path: str | os.PathLike, concepts: Mapping, class_names: Sequence[str]) -> Path:
+    """``figures/class_concepts.png``: per target class, the mean perturbed image, the mean δ and the spread over the sources.
+
+    ``concepts`` is :func:`~rai_probe.probing.concepts.class_concepts`'s
+    output; classes without rows are left out.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from rai_probe.probing.concepts import class_concepts
+    >>> images = torch.rand(4, 1, 6, 6)
+    >>> concepts = class_concepts(images, images.flip(0), torch.tensor([0, 0, 2, 2]), classes=3)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     print(plot_class_concepts(Path(tmp) / "k.png", concepts, ["a", "b", "c"]).name)
+    k.png
+    """
+    present = [k for k in range(len(class_names)) if int(concepts["count"][k]) > 0]
+    if not present:
+        raise ValueError("`concepts` has no class with rows")
+    figure, axes = _image_grid(3, len(present), cell=1.3, title_lines=2, heading_lines=1, left=0.6, right=0.8)
+    means = _displayable(concepts["mean_xadv"][present].float())
+    signed = _numpy(concepts["mean_delta"][present].float().sum(dim=1))
+    spread = _numpy(concepts["std_xadv"][present].float().mean(dim=1))
+    signed_limit, spread_limit = color_limit(signed), color_limit(spread)
+    added = shown = None
+    for column, k in enumerate(present):
+        _show_image(axes[0, column], means[column])
+        axes[0, column].set_title(f"{class_names[k]}\n(n={int(concepts['count'][k])})", fontsize=7)
+        added = axes[1, column].imshow(signed[column], cmap=_SIGNED_CMAP, vmin=-signed_limit, vmax=signed_limit,
+                                       interpolation="nearest")
+        shown = axes[2, column].imshow(spread[column], cmap="viridis", vmin=0.0, vmax=spread_limit,
+                                       interpolation="nearest")
+        _bare(axes[1, column])
+        _bare(axes[2, column])
+    axes[0, 0].set_ylabel("mean image", fontsize=8)
+    axes[1, 0].set_ylabel("mean δ", fontsize=8)
+    axes[2, 0].set_ylabel("spread (std)", fontsize=8)
+    _color_bar(figure, added, axes[1], "mean δ (channel sum)")
+    _color_bar(figure, shown, axes[2], "std over sources")
+    figure.suptitle("class concepts: mean and spread over the sources", fontsize=10, y=0.99)
+    return _save(figure, path)
+
+
+def plot_overlay_rows(
+    path: str | os.PathLike,
+    images: Sequence[Sequence[Tensor]],
+    deltas: Sequence[Sequence[Tensor]],
+    titles: Sequence[Sequence[str]],
+    *,
+    row_labels: Sequence[str],
+    title: str,
+) -> Path:
+    """Rows of ``|δ|`` over the faded image, on one colour scale with a colour bar; a row per label.
+
+    ``images[r][k]`` and ``deltas[r][k]`` are ``(C, H, W)`` tensors; rows may
+    be shorter than the longest (their cells stay blank).
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> x, d = torch.rand(1, 4, 4), torch.zeros(1, 4, 4)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     print(plot_overlay_rows(Path(tmp) / "o.png", [[x, x], [x]], [[d, d], [d]], [["a", "b"], ["c"]],
+    ...                             row_labels=["first", "second"], title="t").name)
+    o.png
+    """
+    if not images or len(images) != len(deltas) or len(images) != len(titles) or len(images) != len(row_labels):
+        raise ValueError("`images`, `deltas`, `titles` and `row_labels` must hold the same number of rows (>= 1)")
+    cols = max(1, max(len(row) for row in images))
+    figure, axes = _image_grid(len(images), cols, cell=1.6, title_lines=2, heading_lines=1, left=0.45, right=0.8)
+    magnitudes = [[_numpy(delta.abs().sum(dim=0)) for delta in row] for row in deltas]
+    limit = max((color_limit(m) for row in magnitudes for m in row), default=MIN_COLOR_LIMIT)
+    shown = None
+    for r, row in enumerate(images):
+        for k in range(cols):
+            ax = axes[r, k]
+            _bare(ax)
+            if k >= len(row):
+                ax.set_frame_on(False)
+                continue
+            gray = _gray(row[k].unsqueeze(0))[0]
+            shown = _show_overlay(ax, gray, magnitudes[r][k], signed=False, limit=limit)
+            ax.set_title(titles[r][k], fontsize=7)
+        axes[r, 0].set_ylabel(row_labels[r], fontsize=8)
+    if shown is not None:
+        _color_bar(figure, shown, axes[0], "|δ| (all panels)")
+    figure.suptitle(title, fontsize=10, y=1 - 0.05 / figure.get_figheight())
+    return _save(figure, path)
+

@@ -21,7 +21,9 @@ from ..perturbations.attacks import Attack
 from ..perturbations.ensemble import attack_norm
 from ..runtime import select_device, set_threads
 from .acceleration import accelerated
+from .minimal import MinimalSearch, minimal_search
 from .schema import check_probe_settings
+from .selection import needs_selection
 from .settings import ProbeConfigError, attack_from_config, check_attack_shape, data_from_config, model_from_config
 
 __all__ = ["ProbeJob", "ProbeInputs", "checked_job", "load_inputs"]
@@ -51,6 +53,12 @@ class ProbeJob:
     precision: str = "fp32"
     compile: bool = False
     metrics: dict = field(default_factory=dict)
+    minimal: MinimalSearch | None = None  # mode=minimal: the ε* search
+
+    @property
+    def mode_name(self) -> str:
+        """``explain``, ``probe``, ``minimal``, ``contrast`` or ``universal``."""
+        return str(self.mode.get("name") or ("probe" if self.targeted else "explain"))
 
 
 @dataclass
@@ -82,7 +90,7 @@ def checked_job(cfg: Mapping[str, Any], overrides: Sequence[str]) -> ProbeJob:
     except ValueError as error:
         raise ProbeConfigError(str(error), typed_override("device", overrides)) from None
     mode = dict(cfg.get("mode") or {})
-    targeted = mode.get("targeted", False)
+    targeted = _targeted(mode, overrides)
     figures = dict(cfg.get("figures") or {})
     data = dict(cfg.get("data") or {})
     shard, num_shards = data.get("shard", 0), data.get("num_shards", 1)
@@ -91,6 +99,11 @@ def checked_job(cfg: Mapping[str, Any], overrides: Sequence[str]) -> ProbeJob:
             f"data.shard={shard} must be in [0, data.num_shards - 1] = [0, {num_shards - 1}]",
             typed_override("data.shard", overrides),
         )
+    attack = attack_from_config(cfg["attack"], targeted=targeted, overrides=overrides)
+    _check_mode_goal(mode, attack, overrides)
+    minimal = None
+    if mode.get("name") == "minimal":
+        minimal = minimal_search(mode, attack, lambda key: typed_override(key, overrides))
     return ProbeJob(
         cfg=cfg,
         overrides=overrides,
@@ -100,7 +113,7 @@ def checked_job(cfg: Mapping[str, Any], overrides: Sequence[str]) -> ProbeJob:
         device=device,
         mode=mode,
         targeted=targeted,
-        attack=attack_from_config(cfg["attack"], targeted=targeted, overrides=overrides),
+        attack=attack,
         progress=cfg.get("progress", True),
         max_grids=figures.get("max_grids", 4),
         images_per_grid=figures.get("images_per_grid", 8),
@@ -110,7 +123,37 @@ def checked_job(cfg: Mapping[str, Any], overrides: Sequence[str]) -> ProbeJob:
         precision=cfg.get("precision", "fp32"),
         compile=cfg.get("compile", False),
         metrics=_metric_settings(cfg, overrides),
+        minimal=minimal,
     )
+
+
+def _targeted(mode: Mapping[str, Any], overrides: Sequence[str]) -> bool:
+    """Whether the mode's attack is targeted: ``mode.targeted``, or a per-image target (label / prediction)."""
+    target = mode.get("target")
+    per_image = isinstance(target, str) and target.lower() in ("label", "prediction")
+    if mode.get("name") == "contrast":
+        source = mode.get("source")
+        if source is not None and source == target:
+            raise ProbeConfigError(
+                f"mode.source={source!r} and mode.target={target!r} are the same class: a contrast "
+                "moves images of one class toward another",
+                typed_override("mode.target", overrides),
+            )
+        if not mode.get("targeted", True):
+            raise ProbeConfigError("mode=contrast is targeted (source images toward the target class): "
+                                   "leave mode.targeted=true", typed_override("mode.targeted", overrides))
+    return bool(mode.get("targeted", False)) or per_image
+
+
+def _check_mode_goal(mode: Mapping[str, Any], attack: Attack, overrides: Sequence[str]) -> None:
+    """``mode.target=prediction`` asks for more confidence in the clean prediction: it needs ``attack.confidence``."""
+    target = mode.get("target")
+    if isinstance(target, str) and target.lower() == "prediction" and attack.confidence is None:
+        raise ProbeConfigError(
+            "mode.target=prediction moves each image toward its own clean prediction, a goal it already "
+            "meets: set a confidence goal, e.g. attack.confidence=0.99 (what the prediction relies on)",
+            typed_override("attack.confidence", overrides),
+        )
 
 
 def _metric_settings(cfg: Mapping[str, Any], overrides: Sequence[str]) -> dict:
@@ -170,7 +213,8 @@ def load_inputs(job: ProbeJob) -> ProbeInputs:
     reachable = reachable_norm(job.attack, shape)
     warn_if_budget_unspendable(job.attack, shape, reachable)
     data_cfg = {key: value for key, value in cfg["data"].items() if key not in ("shard", "num_shards")}
-    data = data_from_config(data_cfg, model, n_images=job.n_images, seed=job.seed, overrides=overrides)
+    n_images = None if needs_selection(job.mode) else job.n_images  # selected from the whole split
+    data = data_from_config(data_cfg, model, n_images=n_images, seed=job.seed, overrides=overrides)
     if not job.targeted and not data.labeled and cfg["data"].get("name") in ("noise", "gray"):
         raise ProbeConfigError(
             f"data={cfg['data']['name']} gives seeds without labels, which only make sense as "

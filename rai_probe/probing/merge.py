@@ -38,7 +38,8 @@ from .artifacts import (
 )
 from .attacking import _padded_traces
 from .figures import plot_class_grid, plot_loss_trace, save_batch_grids
-from .metrics import summarize
+from .metrics import epsilon_quantiles, summarize
+from .minimal import plot_robustness_curve, robustness_curve
 from .report import collect_jobs
 
 __all__ = ["merge_shards", "ShardMismatchError", "MERGED_DIR"]
@@ -116,8 +117,9 @@ def _merged_perturbations(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         rows = torch.tensor([part["xadv"].shape[0] for part in parts], dtype=torch.float32)
         traces = _padded_traces([part["loss_trace"].float() for part in parts])
         merged["loss_trace"] = (traces * rows.view(-1, 1)).sum(dim=0) / rows.sum()
-    if all("quality" in part for part in parts):
-        merged["quality"] = {key: torch.cat([part["quality"][key] for part in parts]) for key in parts[0]["quality"]}
+    for group in ("quality", "minimal"):  # per-row values beside the tensors: concatenated like the rows
+        if all(group in part for part in parts):
+            merged[group] = {key: torch.cat([part[group][key] for part in parts]) for key in parts[0][group]}
     if all("source_files" in part for part in parts):
         merged["source_files"] = [name for part in parts for name in part["source_files"]]
     for key in ("class_names", "epsilon", "budget_norm"):
@@ -143,8 +145,8 @@ def merge_shards(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     parts = [load_perturbations(job_dir) for job_dir, _ in shards]
     merged = _merged_perturbations(parts)
     targets = merged["targets"] if bool((merged["targets"] >= 0).any()) else None
-    extra = {key: merged[key] for key in ("sources", "goal_met", "rows", "datum_loss_trace", "source_files", "quality")
-             if key in merged}
+    extra = {key: merged[key] for key in ("sources", "goal_met", "rows", "datum_loss_trace", "source_files", "quality",
+                                          "minimal") if key in merged}
     save_perturbations(
         target,
         images=merged["images"],
@@ -165,19 +167,23 @@ def merge_shards(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     per_image = per_image_from_perturbations(saved)
     summary = summarize(per_image)
     write_per_image_csv(target, per_image, saved["class_names"], sources=saved.get("source_files"))
-    figures = _figures(target, saved, per_image)
     first = shards[0][1]
     config = json.loads(json.dumps(first["config"]))
     config.get("data", {})["shard"] = None
     record = {key: first[key] for key in ("attack", "model", "data", "budget", "mode") if key in first}
     record["merged_from"] = [str(job_dir) for job_dir, _ in shards]
-    record["figures"] = figures
     record["seconds"] = round(sum(float(m.get("seconds", 0.0)) for _, m in shards), 2)
+    if "robustness_curve" in first and "epsilon_min" in per_image:  # mode=minimal: the curve over every shard
+        curve = first["robustness_curve"]
+        record["robustness_curve"] = {**curve, **robustness_curve(per_image, epsilons=curve["epsilon"]),
+                                      "image_steps": int(per_image["search_steps"].sum()),
+                                      "epsilon_min": epsilon_quantiles(per_image["epsilon_min"])}
+    record["figures"] = _figures(target, saved, per_image, record)
     write_metrics(target, summary, config=config, overrides=[], extra=record)
     return target
 
 
-def _figures(target: Path, saved: Mapping[str, Any], per_image: Mapping[str, Tensor]) -> list[str]:
+def _figures(target: Path, saved: Mapping[str, Any], per_image: Mapping[str, Tensor], record: Mapping[str, Any]) -> list[str]:
     targets = saved["targets"] if bool((saved["targets"] >= 0).any()) else None
     grids = save_batch_grids(
         target, saved["images"], saved["xadv"], labels=saved["labels"], clean_pred=per_image["clean_pred"],
@@ -186,9 +192,13 @@ def _figures(target: Path, saved: Mapping[str, Any], per_image: Mapping[str, Ten
         success=per_image["success"],
     )
     paths = list(grids)
-    paths.append(plot_loss_trace(target / FIGURES_DIR / "loss_trace.png", saved["loss_trace"],
-                                 datum_loss_trace=saved.get("datum_loss_trace"),
-                                 ylabel="cross-entropy (mean over images)"))
+    if bool(torch.isfinite(saved["loss_trace"]).any()):  # mode=minimal keeps no one loss trace
+        paths.append(plot_loss_trace(target / FIGURES_DIR / "loss_trace.png", saved["loss_trace"],
+                                     datum_loss_trace=saved.get("datum_loss_trace"),
+                                     ylabel="cross-entropy (mean over images)"))
+    if "minimal" in saved and "robustness_curve" in record:
+        paths.append(plot_robustness_curve(target / FIGURES_DIR / "robustness_curve.png", record["robustness_curve"],
+                                           title="robustness from the merged minimal shards"))
     if targets is not None:
         paths.append(plot_class_grid(target / FIGURES_DIR / "class_grid.png", saved["xadv"], sources=saved["sources"],
                                      targets=saved["targets"], class_names=saved["class_names"],

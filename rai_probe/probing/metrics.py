@@ -104,7 +104,17 @@ __all__ = [
     "per_image_metrics",
     "median",
     "summarize",
+    "MINIMAL_KEYS",
+    "OPTIONAL_KEYS",
+    "epsilon_quantiles",
 ]
+
+#: Per-image columns of ``mode=minimal``: ε* (empty: no success within the bracket), the largest radius
+#: at which the attack failed, and the optimizer steps and rounds the search spent on the image.
+MINIMAL_KEYS = ("epsilon_min", "epsilon_failed", "search_steps", "search_rounds")
+
+#: Per-image columns present only when a job computes them (quality metrics, minimal radii).
+OPTIONAL_KEYS = QUALITY_KEYS + MINIMAL_KEYS
 
 #: Keys of :func:`perturbation_norms`, in the order the CSV uses.
 NORM_KEYS = ("l0_pixels", "l0_fraction", "l0_elements", "l1", "l2", "linf")
@@ -640,7 +650,25 @@ def summarize(per_image: Mapping[str, Tensor]) -> dict:
     quality = {key: _stats(_known(per_image[key])) for key in QUALITY_KEYS if key in per_image}
     if quality:  # explanation-quality metrics (rai_probe.probing.quality), over the images they apply to
         summary["quality"] = quality
+    if "epsilon_min" in per_image:  # mode=minimal: the distribution of each image's minimal radius
+        summary["epsilon_min"] = epsilon_quantiles(per_image["epsilon_min"])
     return summary
+
+
+def epsilon_quantiles(star: Tensor) -> dict[str, float | None]:
+    """Quantiles (0.1, 0.25, 0.5, 0.75, 0.9), mean and count of the finite ε* values.
+
+    Examples
+    --------
+    >>> epsilon_quantiles(torch.tensor([1.0, 2.0, 3.0, float("nan")]))["median"]
+    2.0
+    """
+    finite = star[~star.isnan()].to(torch.float64)
+    if finite.numel() == 0:
+        return {"n": 0, "mean": None, "q10": None, "q25": None, "median": None, "q75": None, "q90": None}
+    q = torch.quantile(finite, torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)).tolist()
+    return {"n": int(finite.numel()), "mean": float(finite.mean()), "q10": q[0], "q25": q[1], "median": q[2],
+            "q75": q[3], "q90": q[4]}
 
 
 def _known(values: Tensor) -> Tensor:

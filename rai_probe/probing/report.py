@@ -73,6 +73,7 @@ REPORT_FILES = {
     "success_vs_epsilon": "success_vs_epsilon.png",
     "sparsity_vs_epsilon": "sparsity_vs_epsilon.png",
     "gallery": "gallery.png",
+    "epsilon_star": "epsilon_star.png",
 }
 
 #: Parameters of interest: (column, dotted path in the job's config).
@@ -112,6 +113,9 @@ METRICS = (
     ("mean_deletion_auc", ("quality", "deletion_auc", "mean")),
     ("mean_droppable_fraction", ("quality", "droppable_fraction", "mean")),
     ("mean_stability_iou", ("quality", "stability_iou", "mean")),
+    ("median_epsilon_star", ("epsilon_min", "median")),
+    ("q25_epsilon_star", ("epsilon_min", "q25")),
+    ("q75_epsilon_star", ("epsilon_min", "q75")),
 )
 
 #: At most this many panels in ``gallery.png``.
@@ -541,9 +545,52 @@ def _curves(groups: dict[str, list[JobRecord]], path: Sequence[str]) -> tuple[di
     return curves, averaged
 
 
+def _is_minimal(job: JobRecord) -> bool:
+    """A ``mode=minimal`` job: each image has its own ε* (its attack.epsilon is only the bracket's default)."""
+    return isinstance((job.summary or {}).get("epsilon_min"), dict)
+
+
+def _epsilon_star_plot(out_dir: Path, complete: Sequence[JobRecord], notes: list[str]) -> dict[str, Path]:
+    """``epsilon_star.png``: the distribution of ε* of every minimal job, as its success-rate curve, one line per job."""
+    from .artifacts import read_per_image_csv
+    from .figures import CurvePanel, plot_curves
+
+    minimal = [job for job in complete if _is_minimal(job)]
+    if not minimal:
+        return {}
+    groups = _groups(minimal)
+    curves = {}
+    for label, members in groups.items():
+        for job in members:
+            try:
+                star = read_per_image_csv(job.job_dir)["epsilon_min"]
+            except (OSError, ValueError, KeyError) as error:
+                notes.append(f"job {job.name}: its eps* could not be read ({error}); left out of the eps* plot")
+                continue
+            finite = star[~star.isnan()].sort().values.tolist()
+            if not finite:
+                continue
+            n = max(int(star.numel()), 1)
+            name = label if len(members) == 1 else f"{label} (job {job.name})"
+            curves[name] = (finite, [(k + 1) / n for k in range(len(finite))])
+    if not curves:
+        notes.append("No minimal job broke any image: the eps* plot was skipped.")
+        return {}
+    path = plot_curves(
+        out_dir / REPORT_FILES["epsilon_star"],
+        [CurvePanel("share of images with ε* <= ε", curves, ylim=(-0.02, 1.02))],
+        xlabel="radius ε (each image's minimal ε*)",
+        title=f"ε* distributions ({len(minimal)} minimal jobs)",
+    )
+    return {"epsilon_star": path}
+
+
 def _epsilon_plots(out_dir: Path, complete: Sequence[JobRecord], notes: list[str]) -> dict[str, Path]:
     from .figures import CurvePanel, plot_curves
 
+    complete = [job for job in complete if not _is_minimal(job)]  # their curves are in epsilon_star.png
+    if not complete:
+        return {}
     with_epsilon = [job for job in complete if _number(job.params.get("epsilon")) is not None]
     if len(with_epsilon) < len(complete):
         notes.append(
@@ -725,8 +772,9 @@ def write_report(
     pictures: dict[str, Path] = {}
     if complete:
         pictures.update(_epsilon_plots(target, complete, notes))
+        pictures.update(_epsilon_star_plot(target, complete, notes))
         pictures["gallery"] = _gallery(target, complete, notes)
-    for key in ("success_vs_epsilon", "sparsity_vs_epsilon", "gallery"):  # never leave stale pictures
+    for key in ("success_vs_epsilon", "sparsity_vs_epsilon", "gallery", "epsilon_star"):  # no stale pictures
         stale = target / REPORT_FILES[key]
         if key not in pictures and stale.exists():
             stale.unlink()

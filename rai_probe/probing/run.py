@@ -37,7 +37,10 @@ from .batches import BatchRecords, config_fingerprint, shard_batches
 from .quality import faithfulness, minimality, stability
 from .figures import plot_class_grid, plot_loss_trace, save_batch_grids
 from .job import ProbeInputs, ProbeJob, checked_job, load_inputs
-from .metrics import per_image_metrics, summarize
+from .metrics import MINIMAL_KEYS, per_image_metrics, summarize
+from .modes import add_mode_columns, draw_mode_figures, mode_record, save_mode_tensors
+from .universal import check_universal_job, run_universal
+from .selection import class_index, needs_selection, select_sources
 from .settings import ProbeConfigError, ProbePlan, plan_from_config
 
 __all__ = ["run_probe", "ProbeOutcome", "ProbeRun", "plan_rows", "measure", "save_results", "draw_figures", "record"]
@@ -67,6 +70,8 @@ class ProbeRun:
     figures: list[str] = field(default_factory=list)
     records: BatchRecords | None = None
     quality: dict[str, Tensor] = field(default_factory=dict)
+    mode_record: dict[str, Any] = field(default_factory=dict)  # the mode's entries of metrics.json
+    mode_files: list[str] = field(default_factory=list)  # the mode's tensor files (contrast.pt, ...)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -75,8 +80,14 @@ class ProbeRun:
         return attack_norm(self.job.attack)
 
     @property
+    def budget_norm(self) -> str | None:
+        """The norm the fixed budget is measured in (None where there is no fixed budget)."""
+        return self.norm if self.epsilon is not None else None
+
+    @property
     def epsilon(self) -> float | None:
-        return self.job.attack.epsilon if self.norm is not None else None
+        """The fixed budget of the job's rows (None in ``mode=minimal``, where each row has its own ε*)."""
+        return self.job.attack.epsilon if self.norm is not None and self.job.minimal is None else None
 
 
 def plan_rows(run: ProbeRun) -> None:
@@ -86,12 +97,13 @@ def plan_rows(run: ProbeRun) -> None:
     whole batches of the plan (:func:`~rai_probe.probing.batches.shard_batches`).
     """
     job, inputs = run.job, run.inputs
-    images = inputs.data.images
-    with torch.no_grad():
-        run.clean_logits = torch.cat(
-            [inputs.classifier(images[i : i + job.batch_size].to(job.device)).float()
-             for i in range(0, len(images), job.batch_size)]
-        )
+    source = None
+    if job.mode_name == "contrast":
+        source = class_index(job.mode.get("source"), inputs.class_names, typed_override("mode.source", job.overrides))
+    inputs.data, run.clean_logits = select_sources(
+        inputs.data, inputs.classifier, select=job.mode.get("select", "all"), source=source,
+        n_images=job.n_images if needs_selection(job.mode) else len(inputs.data), batch_size=job.batch_size,
+        device=job.device)
     plan = plan_from_config(job.mode, inputs.data, inputs.model, run.clean_logits.argmax(dim=1))
     total = plan.images.shape[0]
     run.batches = shard_batches(-(-total // job.batch_size), job.num_shards, job.shard)
@@ -135,9 +147,10 @@ def measure(run: ProbeRun) -> None:
         success=attacked.success,
         first_success_step=attacked.first_success,
         epsilon=run.epsilon,
-        norm=run.norm,
+        norm=run.budget_norm,
     )
     run.per_image["index"] = run.per_image["index"] + run.first_row  # a shard's rows keep their place in the job
+    add_mode_columns(run)
     run.summary = summarize(run.per_image)
 
 
@@ -197,6 +210,9 @@ def save_results(run: ProbeRun) -> None:
     run.output_dir.mkdir(parents=True, exist_ok=True)
     extra = {"sources": plan.sources.cpu(), "goal_met": attacked.success.cpu(), "quality": run.quality,
              "rows": torch.arange(run.first_row, run.first_row + plan.images.shape[0])}
+    minimal = {key: run.per_image[key] for key in MINIMAL_KEYS if key in run.per_image}
+    if minimal:
+        extra["minimal"] = minimal
     files = _source_files(run)
     if files is not None:
         extra["source_files"] = files
@@ -216,9 +232,10 @@ def save_results(run: ProbeRun) -> None:
         class_names=run.inputs.class_names,
         extra=extra,
         epsilon=run.epsilon,
-        norm=run.norm,
+        norm=run.budget_norm,
     )
     write_per_image_csv(run.output_dir, run.per_image, run.inputs.class_names, sources=files)
+    run.mode_files = save_mode_tensors(run)
 
 
 def _source_files(run: ProbeRun) -> list[str] | None:
@@ -228,13 +245,19 @@ def _source_files(run: ProbeRun) -> list[str] | None:
 
 
 def draw_figures(run: ProbeRun) -> None:
-    """The batch grids, the loss trace and, in probe mode, the class grid."""
+    """The batch grids, the loss trace, in probe mode the class grid, and the mode's own figures."""
+    run.mode_record = mode_record(run)
     run.figures = _draw_figures(run.job, run.output_dir, run.plan, run.attacked, run.per_image, run.inputs.class_names)
+    run.figures += [str(path.relative_to(run.output_dir)) for path in draw_mode_figures(run, run.mode_record)]
 
 
-def record(run: ProbeRun, *, interrupted: bool = False) -> Path:
-    """Write ``metrics.json``, last: ``"complete"``, or ``"interrupted"`` with the rows finished."""
+def record(run: ProbeRun, *, interrupted: bool = False, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``metrics.json``, last: ``"complete"``, or ``"interrupted"`` with the rows finished.
+
+    ``extra`` (a mode's own entries) is merged in last.
+    """
     job, inputs = run.job, run.inputs
+    mode_extra = dict(extra or {})
     cfg = job.cfg
     if interrupted:
         return write_metrics(
@@ -245,7 +268,7 @@ def record(run: ProbeRun, *, interrupted: bool = False) -> Path:
             extra={"rows_finished": run.attacked.rows, "rows_planned": run.planned_rows},
             status="interrupted",
         )
-    extra = {
+    metrics = {
         "attack": {"name": cfg["attack"].get("name"), **job.attack.to_dict()},
         "model": {
             "name": cfg["model"].get("name"),
@@ -261,12 +284,15 @@ def record(run: ProbeRun, *, interrupted: bool = False) -> Path:
         "precision": job.precision,
         "seconds": round(time.monotonic() - run.started, 2),
         "figures": run.figures,
+        "files": run.mode_files,
+        **run.mode_record,
+        **mode_extra,
     }
-    return write_metrics(run.output_dir, run.summary, config=dict(cfg), overrides=list(job.overrides), extra=extra)
+    return write_metrics(run.output_dir, run.summary, config=dict(cfg), overrides=list(job.overrides), extra=metrics)
 
 
 def run_probe(cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequence[str] = ()) -> ProbeOutcome:
-    """Run the probe a ``configs/probe.yaml``-shaped mapping describes, writing every output.
+    """Run the probe a ``rai_probe/configs/probe.yaml``-shaped mapping describes, writing every output.
 
     Writes, in ``output_dir``: ``perturbations.pt`` (the attacked images
     only: images, perturbed images, deltas, labels, targets, logits,
@@ -297,9 +323,14 @@ def run_probe(cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequenc
 
 def _run(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> ProbeOutcome:
     run = ProbeRun(output_dir=output_dir, job=checked_job(cfg, overrides))
+    universal = run.job.mode_name == "universal"
+    if universal:
+        check_universal_job(run.job)  # per-image settings refused before anything loads
     run.inputs = load_inputs(run.job)
     _log_start(run)
     plan_rows(run)
+    if universal:
+        return _run_universal(run)
     attack(run)
     measure(run)
     if not run.attacked.interrupted:
@@ -321,13 +352,27 @@ def _run(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> 
     return ProbeOutcome(summary=run.summary, output_dir=str(output_dir), metrics=str(metrics_path), figures=run.figures)
 
 
+def _run_universal(run: ProbeRun) -> ProbeOutcome:
+    """``mode=universal``: one perturbation (or one per class) fitted over the images, tested on held-out ones."""
+    outcome = run_universal(run.job, run.inputs, run.output_dir, run.clean_logits, run.plan)
+    run.per_image, run.figures = outcome.per_image, outcome.figures
+    run.summary = summarize(outcome.per_image)
+    metrics_path = record(run, extra=outcome.summary_extra)
+    log.info("done in %.1f s: universal perturbation, held-out success rate %s; metrics in %s",
+             time.monotonic() - run.started, outcome.summary_extra["universal"].get("heldout_success_rate"),
+             metrics_path.resolve())
+    return ProbeOutcome(summary=run.summary, output_dir=str(run.output_dir), metrics=str(metrics_path),
+                        figures=run.figures, universal=outcome.summary_extra["universal"])
+
+
 def _log_start(run: ProbeRun) -> None:
     cfg, inputs = run.job.cfg, run.inputs
     log.info(
-        "probing %s (%s) with %s on %d %s images (%s mode); outputs in %s",
+        "probing %s (%s) with %s on %s%d %s images (%s mode); outputs in %s",
         cfg["model"].get("name"),
         inputs.model.info.arch,
         cfg["attack"].get("name", run.job.attack.optimizer),
+        f"up to {run.job.n_images} selected from " if needs_selection(run.job.mode) else "",
         len(inputs.data),
         inputs.data.name,
         run.job.mode.get("name", "explain"),
@@ -356,11 +401,13 @@ def _draw_figures(job: ProbeJob, output_dir: Path, plan: ProbePlan, attacked: At
         success=per_image["success"],
     )
     figures = [str(path.relative_to(output_dir)) for path in grids]
+    if job.minimal is not None:  # rounds at different radii: no one loss trace
+        return figures
     trace_path = plot_loss_trace(
         figures_dir / "loss_trace.png",
         attacked.loss_trace,
         datum_loss_trace=attacked.datum_trace,
-        ylabel="cross-entropy (mean over images)",
+        ylabel=f"{_LOSS_NAMES.get(job.attack.loss, job.attack.loss)} (mean over images)",
     )
     figures.append(str(trace_path.relative_to(output_dir)))
     if job.targeted:
@@ -389,6 +436,9 @@ def _rates_text(summary: Mapping[str, Any]) -> str:
         parts.append(f"budget used {used:.2f}")
     return ", ".join(parts) or "no rate applies"
 
+
+#: How ``loss_trace.png`` names the attack's loss (the solver's log shows the same mean).
+_LOSS_NAMES = {"ce": "cross-entropy", "dlr": "DLR loss"}
 
 _PLAN_FIELDS = ("images", "labels", "targets", "attack_target", "sources")
 

@@ -1,4 +1,4 @@
-"""The probe job's settings as typed dataclasses (``configs/probe.yaml`` and its groups).
+"""The probe job's settings as typed dataclasses (``rai_probe/configs/probe.yaml`` and its groups).
 
 :func:`check_probe_settings` checks a whole composed config against
 :class:`ProbeSettings` before anything is loaded: every boolean is a real
@@ -89,11 +89,29 @@ class DataSettings:
 
 @dataclass
 class ModeSettings:
-    """``mode/*.yaml``: explain (untargeted) or probe (targeted)."""
+    """``mode/*.yaml``: explain, probe, minimal, contrast or universal (docs/tutorial.md, "Modes").
+
+    Every mode takes ``name``, ``targeted``, ``target`` and ``select``; the
+    other keys belong to the mode whose file declares them (Hydra refuses a
+    key the chosen mode's file does not have).
+    """
 
     name: Optional[str] = None
     targeted: bool = False
     target: Optional[Union[int, str]] = None
+    select: Literal["all", "correct", "misclassified"] = "all"
+    # mode=minimal: each image's smallest successful radius
+    epsilon_min: Optional[float] = setting(None, low=0, low_open=True)
+    epsilon_max: Optional[float] = setting(None, low=0, low_open=True)
+    tolerance: float = setting(0.05, low=0, low_open=True, high=1)
+    steps: Optional[int] = setting(None, low=1)
+    warm_start: bool = True
+    # mode=contrast: source-class images toward the target class
+    source: Optional[Union[int, str]] = None
+    # mode=universal: one perturbation for all images (or one per class)
+    per_class: bool = False
+    epochs: int = setting(20, low=1)
+    holdout: float = setting(0.25, low=0, low_open=True, high=1)
 
 
 @dataclass
@@ -116,7 +134,7 @@ class MetricSettings:
 
 @dataclass
 class ProbeSettings:
-    """``configs/probe.yaml``."""
+    """``rai_probe/configs/probe.yaml``."""
 
     seed: int = 0
     device: str = "cpu"

@@ -23,7 +23,7 @@ from ..data import DataFormatError, ImageDataset, load_dataset
 from ..errors import SettingError, UnknownSettingError
 from ..jobs.errors import ConfigError, config_key, typed_override
 from ..models import CheckpointError, NormalizedModel, load_checkpoint, load_pretrained
-from ..perturbations.attacks import Attack
+from ..perturbations.attacks import OPTION_ALIASES, Attack, option_keys
 
 __all__ = [
     "ProbeConfigError",
@@ -40,8 +40,11 @@ log = logging.getLogger(__name__)
 #: How an unset mandatory value (``???`` in a config file) arrives after ``to_container``.
 MISSING = "???"
 
-#: Attack settings lifted into the optimizer's options (the rest are :class:`Attack` fields).
-_OPTIMIZER_KEYS = ("q", "dq")
+#: Optimizer options an attack config may give at the top level (:meth:`Attack.from_dict` folds them in).
+_OPTIMIZER_KEYS = OPTION_ALIASES
+
+#: Seeds drawn when a job asks for a whole "split" of noise or gray seeds.
+DEFAULT_SEEDS = 16
 
 #: A probe setting that cannot work, naming the override that fixes it (``.override``).
 ProbeConfigError = ConfigError
@@ -84,6 +87,12 @@ def attack_from_config(
 ) -> Attack:
     """The :class:`Attack` an ``attack`` config group describes (``targeted`` comes from the mode).
 
+    The group is spelt as :meth:`Attack.from_dict` reads every attack config
+    (its ``name`` a label, ``q``/``dq`` folded into the options); an error
+    names the override that fixes it, from the error's ``setting``: an
+    option is ``attack.options.<name>`` where it was written there, else
+    ``attack.<name>``.
+
     Examples
     --------
     >>> attack = attack_from_config(
@@ -101,18 +110,10 @@ def attack_from_config(
     ...
     rai_probe.jobs.errors.ConfigError: attack: unknown setting(s) ['epsilom']; allowed: ... Remove or correct the override `+attack.epsilom=3`.
     """
-    values = {key: value for key, value in settings.items() if key != "name" and key not in _OPTIMIZER_KEYS}
-    nested = dict(settings.get("options") or {})
-    options = dict(nested)
-    for key in _OPTIMIZER_KEYS:
-        if settings.get(key) is not None:
-            options[key] = settings[key]
-    values["options"] = options
-    values["targeted"] = targeted
-    where = {name: f"attack.options.{name}" for name in nested if name not in _OPTIMIZER_KEYS}
     try:
-        return Attack.from_dict(values)
+        return Attack.from_dict({**settings, "targeted": targeted})
     except (TypeError, ValueError) as error:
+        where = {name: f"attack.{key}" for name, key in option_keys(settings).items()}
         raise _blamed(error, "attack", tuple(settings) + _OPTIMIZER_KEYS, overrides, options=where) from None
 
 
@@ -176,14 +177,15 @@ def data_from_config(
     settings: Mapping[str, Any],
     model: NormalizedModel,
     *,
-    n_images: int,
+    n_images: int | None,
     seed: int,
     overrides: Sequence[str] = (),
 ) -> ImageDataset:
     """The first ``n_images`` source images a ``data`` config group describes, shaped for ``model``.
 
     Asking for more images than the split holds runs all of them, with a
-    warning in the log.
+    warning in the log; ``n_images=None`` takes the whole split (seeds:
+    :data:`DEFAULT_SEEDS`), for a mode that selects its images by prediction.
     """
     name = settings.get("name")
     shape = tuple(model.info.input_shape)
@@ -195,7 +197,7 @@ def data_from_config(
                 typed_override(f"data.{key}", overrides),
             )
     if name in ("noise", "gray"):  # seeds take the model's input shape
-        kwargs.update(n=n_images, image_shape=shape)
+        kwargs.update(n=DEFAULT_SEEDS if n_images is None else n_images, image_shape=shape)
         if name == "noise":
             kwargs["seed"] = seed
     if name == "folder":
@@ -220,6 +222,8 @@ def data_from_config(
         raise ProbeConfigError(f"data={name} holds no images", typed_override("data", overrides))
     if name == "folder" and dataset.labeled:
         dataset = _labels_as_model_classes(dataset, model)
+    if n_images is None:
+        return dataset
     if n_images > len(dataset):
         log.warning(
             "n_images=%d but data=%s (%s split) holds %d images: running all %d",
@@ -295,8 +299,11 @@ def plan_from_config(
     """Expand the source images into the attacked rows the mode asks for.
 
     ``explain`` (untargeted): one row per image. ``probe`` / ``targeted``:
-    every image toward ``mode.target`` (a class index) or, with
-    ``target: all``, toward every class (rows image-major).
+    every image toward ``mode.target`` (a class index or name) or, with
+    ``target: all``, toward every class (rows image-major); ``target:
+    label`` / ``target: prediction``: each image toward its own true label
+    (what a misclassified image missed) / its clean prediction (with
+    ``attack.confidence``: what a correct prediction relies on).
     """
     n = len(data)
     classes = model.info.num_classes
@@ -315,7 +322,16 @@ def plan_from_config(
     target = mode.get("target")
     if target is None or target == MISSING:
         raise ProbeConfigError("a targeted run needs mode.target (a class index or all)", "mode.target")
-    if isinstance(target, str) and target.lower() == "all":
+    if isinstance(target, str) and target.lower() in ("label", "prediction"):
+        if target.lower() == "label" and bool((labels < 0).any()):
+            raise ProbeConfigError(
+                f"mode.target=label moves each image toward its true label, but data={data.name} has "
+                "unlabeled images: use labeled data, or mode.target=prediction",
+                "mode.target",
+            )
+        rows = sources
+        targets = labels.clone() if target.lower() == "label" else clean_predictions.clone()
+    elif isinstance(target, str) and target.lower() == "all":
         rows = sources.repeat_interleave(classes)
         targets = torch.arange(classes, device=sources.device).repeat(n)
     else:

@@ -13,18 +13,22 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+import torch
+
 from .._io import write_json
 from ..data import load_dataset
-from ..errors import SettingError
+from ..errors import SettingError, UnknownSettingError
+from ..jobs import config_dir
 from ..jobs.errors import ConfigError, config_key, typed_override
 from ..jobs.hydra_app import hydra_main
 from ..jobs.rundir import RunDirectory
 from ..jobs.schema import check_settings
 from ..models import build_model, load_checkpoint, load_pretrained, save_checkpoint
-from ..perturbations.attacks import Attack
+from ..perturbations.attacks import OPTION_ALIASES, Attack, option_keys
 from ..perturbations.ensemble import AttackEnsemble
 from ..runtime import select_device, set_threads
 from .adversarial import TrainingRecipe, adversarial_train
+from . import tensorboard_log
 from .evaluation import EvalAttack, evaluate
 from .schema import EnsembleEntrySettings, EvaluateSettings, TrainSettings, check_job_settings
 
@@ -38,15 +42,21 @@ __all__ = [
     "CONFIG_DIR",
 ]
 
-#: The project's Hydra configs (``train.yaml``, ``evaluate.yaml``, ``eval_attacks/``).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "training"
+#: The training jobs' Hydra configs (``train.yaml``, ``evaluate.yaml``, ``eval_attacks/``): a folder of
+#: the package's config tree (:mod:`rai_probe.jobs.config_dir`).
+CONFIG_DIR = config_dir.CONFIG_DIR / "training"
 
 _T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
-#: The projected (PGD) optimizer of each training norm; the random start is drawn in the same norm's ball.
-_PGD = {"l2": "L2ProjectedOptim", "linf": "LinfProjectedOptim", "l1": "L1ProjectedOptim"}
+#: Keys of the training attack before it was spelt as every attack config, and what replaced them.
+_RENAMED = {
+    "norm": "name the optimizer (attack.optimizer=L2ProjectedOptim, LinfProjectedOptim or L1ProjectedOptim, "
+    "with attack.random_init=l2, linf or l1), or train on clean images with attack=null",
+    "step_size": "the step size is attack.lr (null: 2.5 * epsilon / steps)",
+    "warmup_epochs": "the ramp of the attack's epsilon is the top-level attack_warmup_epochs",
+}
 
 
 def _blamed(error: Exception, section: str, known: Sequence[str], overrides: Sequence[str],
@@ -74,34 +84,61 @@ def _checked(build: Callable[[], _T], section: str, known: Sequence[str], overri
         raise _blamed(error, section, known, overrides, default=default, rename=rename) from None
 
 
-def training_attack(settings: Mapping[str, Any]) -> Attack | None:
-    """The PGD attack of a ``train.yaml`` ``attack`` block (``None`` for ``norm: none``).
+def training_attack(settings: Mapping[str, Any] | None) -> Attack | None:
+    """The attack of a ``train.yaml`` ``attack`` block (``None``, i.e. ``attack=null``: standard training).
+
+    The block is spelt as every attack config (:meth:`Attack.from_dict`):
+    ``optimizer``, ``epsilon``, ``steps``, ``lr`` (``null``: the PGD step
+    ``2.5 * epsilon / steps``), ``q``, ``random_init`` and any other field.
+    The shipped recipe is PGD with a random start in the ball:
+    ``L2ProjectedOptim`` with ``random_init: l2`` (``LinfProjectedOptim`` with
+    ``linf``, ``L1ProjectedOptim`` with ``l1`` and ``q``). The attack runs
+    untargeted: it raises the loss of the true labels. Keys of the recipe
+    before it took this spelling (``norm``, ``step_size``, ``warmup_epochs``)
+    are refused, naming their new spelling.
 
     Examples
     --------
-    >>> attack = training_attack({"norm": "l2", "epsilon": 1.5, "steps": 10, "step_size": None})
+    >>> attack = training_attack({"optimizer": "L2ProjectedOptim", "epsilon": 1.5, "steps": 10, "lr": None,
+    ...                           "random_init": "l2"})
     >>> attack.optimizer, attack.lr, attack.random_init
     ('L2ProjectedOptim', 0.375, 'l2')
-    >>> training_attack({"norm": "none"}) is None
+    >>> training_attack(None) is None
     True
+    >>> training_attack({"norm": "none"})
+    Traceback (most recent call last):
+    ...
+    rai_probe.errors.UnknownSettingError: attack: `norm` is no longer a setting: name the optimizer (attack.optimizer=L2ProjectedOptim, LinfProjectedOptim or L1ProjectedOptim, with attack.random_init=l2, linf or l1), or train on clean images with attack=null
     """
-    norm = settings.get("norm", "none")
-    norm = norm.lower() if isinstance(norm, str) else norm
-    if norm == "none":
+    if settings is None:
         return None
-    if norm not in _PGD:
+    renamed = [key for key in _RENAMED if isinstance(settings, Mapping) and key in settings]
+    if renamed:
+        key = renamed[0]
+        raise UnknownSettingError(f"attack: `{key}` is no longer a setting: {_RENAMED[key]}",
+                                  setting=key, value=settings[key])
+    attack = Attack.from_dict(settings, where="attack")
+    if attack.targeted:
         raise SettingError(
-            f"attack.norm must be one of l2, linf, l1, none; got attack.norm={norm!r}", setting="norm", value=norm
+            "attack: `targeted` must be false for training (the attack raises the loss of the true labels)",
+            setting="targeted",
+            value=True,
         )
-    optimizer = _PGD[norm]
-    for key in ("epsilon", "steps"):
-        if settings.get(key) is None:
-            raise SettingError(f"attack.{key} is required for attack.norm={norm}", setting=key)
-    epsilon, steps = settings["epsilon"], settings["steps"]
-    step_size = settings.get("step_size")
-    lr = step_size if step_size is not None else 2.5 * epsilon / steps
-    options = {"q": settings.get("q", 0.99)} if norm == "l1" else {}
-    return Attack(optimizer, epsilon=float(epsilon), steps=steps, lr=lr, options=options, random_init=norm)
+    return attack
+
+
+def _attack_error(error: Exception, where: str, entry: Any, overrides: Sequence[str]) -> ConfigError:
+    """The :class:`ConfigError` of an attack entry at config key ``where``, naming the key at fault.
+
+    The key comes from the error's ``setting``: a field or alias is
+    ``<where>.<name>``, an option ``<where>.options.<name>`` where it was
+    written there (:func:`~rai_probe.perturbations.attacks.option_keys`).
+    """
+    if not isinstance(error, SettingError):
+        error = SettingError(str(error))
+    known = tuple(entry) + OPTION_ALIASES if isinstance(entry, Mapping) else ()
+    options = {option: f"{where}.{key}" for option, key in option_keys(entry).items()} if known else {}
+    return ConfigError.from_setting_error(error, config_key(where, error, known, options), overrides)
 
 
 def _is_ensemble(entry: Any) -> bool:
@@ -109,9 +146,11 @@ def _is_ensemble(entry: Any) -> bool:
 
 
 def eval_attacks(settings: Mapping[str, Mapping[str, Any]] | None, overrides: Sequence[str] = ()) -> dict[str, EvalAttack]:
-    """Named attacks of an ``eval_attacks`` config group (see configs/training/eval_attacks/).
+    """Named attacks of an ``eval_attacks`` config group (see rai_probe/configs/training/eval_attacks/).
 
-    An entry is an :class:`Attack` (its fields), or an ensemble: ``{ensemble:
+    An entry is an :class:`Attack`, spelt as every attack config
+    (:meth:`Attack.from_dict`: its fields, ``q``/``dq`` at the top level or in
+    ``options``), or an ensemble: ``{ensemble:
     [names of other entries]}`` (or inline members, ``{ensemble: {name:
     attack settings}}``), the worst case over those attacks
     (:class:`~rai_probe.perturbations.ensemble.AttackEnsemble`). Entries keep
@@ -121,8 +160,8 @@ def eval_attacks(settings: Mapping[str, Mapping[str, Any]] | None, overrides: Se
     Examples
     --------
     >>> attacks = eval_attacks({
-    ...     "pgd": {"optimizer": "L1ProjectedOptim", "epsilon": 10.0, "options": {"q": 0.99}},
-    ...     "fw": {"optimizer": "L1qFrankWolfe", "epsilon": 10.0, "options": {"q": 0.99}},
+    ...     "pgd": {"optimizer": "L1ProjectedOptim", "epsilon": 10.0, "q": 0.99},
+    ...     "fw": {"optimizer": "L1qFrankWolfe", "epsilon": 10.0, "q": 0.99},
     ...     "worst": {"ensemble": ["pgd", "fw"]}})
     >>> list(attacks), attacks["worst"].names, attacks["worst"].attacks["fw"] == attacks["fw"]
     (['pgd', 'fw', 'worst'], ('pgd', 'fw'), True)
@@ -137,14 +176,10 @@ def eval_attacks(settings: Mapping[str, Mapping[str, Any]] | None, overrides: Se
         if _is_ensemble(entry):
             continue
         where = f"eval_attacks.{name}"
-        known = tuple(entry) if isinstance(entry, Mapping) else ()
-        options = {key: f"{where}.options.{key}" for key in ((entry or {}).get("options") or {})} if known else {}
         try:
             attacks[name] = Attack.from_dict(entry, where=where)
         except (TypeError, ValueError) as error:
-            if not isinstance(error, SettingError):
-                error = SettingError(str(error))
-            raise ConfigError.from_setting_error(error, config_key(where, error, known, options), overrides) from None
+            raise _attack_error(error, where, entry, overrides) from None
     ensembles = {name: _eval_ensemble(name, entry, attacks, overrides)
                  for name, entry in entries.items() if _is_ensemble(entry)}
     return {name: attacks[name] if name in attacks else ensembles[name] for name in entries}
@@ -198,7 +233,7 @@ def _load_data(cfg: Mapping[str, Any], split_key: str, overrides: Sequence[str])
 def train_from_config(
     cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """Run the training a ``configs/training/train.yaml``-shaped mapping describes; return its report.
+    """Run the training a ``rai_probe/configs/training/train.yaml``-shaped mapping describes; return its report.
 
     Every setting is checked first (a :class:`~rai_probe.jobs.errors.ConfigError`
     names the override to fix). Writes to ``output_dir``: ``model.pt``
@@ -206,7 +241,10 @@ def train_from_config(
     normalization, recipe and measured accuracies), ``history.json``
     (per-epoch records) and, last, ``metrics.json`` (the final held-out
     report, ``"status": "complete"``). With ``export`` set, the checkpoint is
-    also copied there.
+    also copied there. With ``tensorboard: true``, each epoch's scalars
+    also go to ``output_dir/tensorboard/`` as training runs
+    (:mod:`~rai_probe.training.tensorboard_log`; needs the ``tensorboard``
+    extra).
     """
     output_dir = Path(output_dir)
     with RunDirectory(output_dir):
@@ -215,8 +253,11 @@ def train_from_config(
 
 def _train(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
     cfg, device = _prepare(cfg, TrainSettings, overrides)
-    attack_settings = cfg.get("attack") or {}
-    attack = _checked(lambda: training_attack(attack_settings), "attack", tuple(attack_settings) + ("norm",), overrides)
+    attack_settings = cfg.get("attack")
+    try:
+        attack = training_attack(attack_settings)
+    except (TypeError, ValueError) as error:
+        raise _attack_error(error, "attack", attack_settings, overrides) from None
     final_attacks = eval_attacks(cfg.get("eval_attacks"), overrides)
     recipe = _checked(
         lambda: TrainingRecipe(
@@ -230,14 +271,17 @@ def _train(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -
             max_shift=cfg.get("max_shift", 1),
             attack=attack,
             clean_weight=cfg.get("clean_weight", 0.0),
-            attack_warmup_epochs=attack_settings.get("warmup_epochs", 0.0) if attack else 0.0,
+            attack_warmup_epochs=cfg.get("attack_warmup_epochs", 0.0) if attack else 0.0,
             seed=cfg.get("seed", 0),
         ),
         "",
         tuple(cfg),
         overrides,
-        rename={"attack_warmup_epochs": "attack.warmup_epochs"},
     )
+    writer_class = None
+    if cfg.get("tensorboard"):  # the optional extra is there before anything is loaded
+        writer_class = _checked(tensorboard_log.summary_writer_class, "", ("tensorboard",), overrides,
+                                default="tensorboard")
     train_set = _load_data(cfg, "train_split", overrides)
     eval_set = _load_data(cfg, "eval_split", overrides)
     if cfg.get("n_train"):
@@ -246,6 +290,7 @@ def _train(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -
         eval_set = eval_set.subset(min(cfg["n_eval"], len(eval_set)))
     if not train_set.labeled:
         raise ConfigError(f"data={cfg['data']!r}: training needs labeled images", typed_override("data", overrides))
+    torch.manual_seed(cfg.get("seed", 0))  # the model's initial weights, so that a run repeats for its seed
     model = _checked(
         lambda: build_model(
             cfg.get("model", "small_cnn"),
@@ -270,18 +315,27 @@ def _train(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -
         f"{attack.optimizer} eps={attack.epsilon} steps={attack.steps}" if attack else "clean images only",
         output_dir.resolve(),
     )
-    history = adversarial_train(
-        model,
-        train_set.images,
-        train_set.labels,
-        recipe,
-        eval_images=eval_set.images,
-        eval_labels=eval_set.labels,
-        eval_every=cfg.get("eval_every", 5),
-        eval_size=cfg.get("eval_size", 500),
-        device=device,
-        progress=progress,
-    )
+    scalars = None
+    if writer_class is not None:
+        scalars = tensorboard_log.EpochScalars(writer_class(log_dir=str(output_dir / "tensorboard")))
+        log.info("TensorBoard scalars per epoch in %s", (output_dir / "tensorboard").resolve())
+    try:
+        history = adversarial_train(
+            model,
+            train_set.images,
+            train_set.labels,
+            recipe,
+            eval_images=eval_set.images,
+            eval_labels=eval_set.labels,
+            eval_every=cfg.get("eval_every", 5),
+            eval_size=cfg.get("eval_size", 500),
+            device=device,
+            progress=progress,
+            on_epoch_end=scalars,
+        )
+    finally:
+        if scalars is not None:
+            scalars.close()
     log.info("final evaluation on %d held-out images under %s", len(eval_set), ", ".join(final_attacks) or "no attack")
     report = evaluate(
         model,
@@ -325,7 +379,7 @@ def _train(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -
 def evaluate_from_config(
     cfg: Mapping[str, Any], output_dir: str | Path, overrides: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """Measure a model's clean and robust accuracy as a ``configs/training/evaluate.yaml`` mapping says.
+    """Measure a model's clean and robust accuracy as a ``rai_probe/configs/training/evaluate.yaml`` mapping says.
 
     The model is a shipped one (``model``) or a checkpoint file
     (``checkpoint``, with ``arch`` unless it is in rai_probe's format; a file
@@ -410,10 +464,10 @@ def _log_ensemble(details: Mapping[str, Any]) -> None:
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """``python scripts/train.py [overrides]``; returns the exit status."""
+    """``rai-probe-train [overrides]`` (``python scripts/train.py`` in a checkout); returns the exit status."""
     return hydra_main(train_from_config, config_name="train", config_dir=CONFIG_DIR, argv=argv)
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    """``python scripts/evaluate.py [overrides]``; returns the exit status."""
+    """``rai-probe-evaluate [overrides]`` (``python scripts/evaluate.py`` in a checkout); returns the exit status."""
     return hydra_main(evaluate_from_config, config_name="evaluate", config_dir=CONFIG_DIR, argv=argv)

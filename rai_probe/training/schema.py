@@ -1,11 +1,14 @@
-"""The train and evaluate jobs' settings as typed dataclasses (``configs/training/train.yaml``, ``configs/training/evaluate.yaml``).
+"""The train and evaluate jobs' settings as typed dataclasses (``rai_probe/configs/training/train.yaml``, ``rai_probe/configs/training/evaluate.yaml``).
 
 Checked strictly, before anything is loaded, by
 :func:`~rai_probe.jobs.schema.check_settings` (see there for the rules: a
 boolean is a real ``true``/``false``, a number a finite number in range, no
-unknown keys). The attacks of ``eval_attacks`` are checked by
-:meth:`~rai_probe.perturbations.Attack.from_dict`; its ensemble entries
-(``{ensemble: [names...]}``) against :class:`EnsembleEntrySettings`, then by
+unknown keys). The training ``attack`` and the attacks of ``eval_attacks``
+are one schema, :class:`~rai_probe.perturbations.Attack`, and are checked by
+:meth:`~rai_probe.perturbations.Attack.from_dict` (as strictly: a string is
+never a number or a boolean, an unknown key is named); the ensemble entries
+of ``eval_attacks`` (``{ensemble: [names...]}``) against
+:class:`EnsembleEntrySettings`, then by
 :meth:`~rai_probe.perturbations.ensemble.AttackEnsemble.from_dict`.
 
 Examples
@@ -14,16 +17,20 @@ Examples
 Traceback (most recent call last):
 ...
 rai_probe.jobs.errors.ConfigError: `epochs` must be an integer >= 1; got '20' (a string). Fix it with the override `epochs=...`.
+>>> check_job_settings({"tensorboard": "no"}, TrainSettings, ["tensorboard=no"])
+Traceback (most recent call last):
+...
+rai_probe.jobs.errors.ConfigError: `tensorboard` must be true or false; got 'no' (a string: on the command line write tensorboard=true or tensorboard=false). Fix it with the override `tensorboard=...`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
 from ..jobs.schema import check_job_settings, setting
 
-__all__ = ["TrainAttackSettings", "TrainSettings", "EvaluateSettings", "EnsembleEntrySettings", "check_job_settings"]
+__all__ = ["TrainSettings", "EvaluateSettings", "EnsembleEntrySettings", "check_job_settings"]
 
 
 @dataclass
@@ -42,20 +49,8 @@ class EnsembleEntrySettings:
 
 
 @dataclass
-class TrainAttackSettings:
-    """``train.yaml``'s ``attack`` block: the PGD attack of adversarial training."""
-
-    norm: str = "l2"  # l2 | linf | l1 | none, checked by training_attack
-    epsilon: Optional[float] = setting(None, low=0, low_open=True)
-    steps: Optional[int] = setting(None, low=1)
-    step_size: Optional[float] = setting(None, low=0, low_open=True)
-    q: float = setting(0.99, low=0, high=1)
-    warmup_epochs: float = setting(0.0, low=0)
-
-
-@dataclass
 class TrainSettings:
-    """``configs/training/train.yaml``."""
+    """``rai_probe/configs/training/train.yaml``."""
 
     model: str = "small_cnn"
     data: str = "mnist5k"
@@ -76,17 +71,19 @@ class TrainSettings:
     warmup_epochs: float = setting(1.0, low=0)
     max_shift: int = setting(1, low=0)
     clean_weight: float = setting(0.0, low=0, high=1)
-    attack: TrainAttackSettings = field(default_factory=TrainAttackSettings)
+    attack: Optional[dict[str, Any]] = None  # an Attack (Attack.from_dict); null: standard training
+    attack_warmup_epochs: float = setting(0.0, low=0)
     eval_every: int = setting(5, low=1)
     eval_size: int = setting(500, low=1)
     export: Optional[str] = None
     eval_attacks: Optional[dict[str, Any]] = None
     progress: bool = True
+    tensorboard: bool = False
 
 
 @dataclass
 class EvaluateSettings:
-    """``configs/training/evaluate.yaml``."""
+    """``rai_probe/configs/training/evaluate.yaml``."""
 
     model: Optional[str] = "small_cnn_mnist5k_l2"
     checkpoint: Optional[str] = None

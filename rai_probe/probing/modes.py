@@ -1,0 +1,117 @@
+"""What each mode adds to a probe job's outputs, after its rows are attacked and measured.
+
+* ``minimal``: the ε* columns of ``per_image.csv`` (:data:`~rai_probe.probing.minimal.MINIMAL_KEYS`),
+  ``robustness_curve`` in ``metrics.json`` (with ε* quantiles, also in
+  the summary as ``epsilon_min``), ``figures/robustness_curve.png`` and
+  ``figures/minimal_gallery.png``.
+* ``contrast``: ``contrast.pt`` (mean signed and absolute δ, mean image),
+  ``contrast`` in ``metrics.json``, ``figures/contrast.png``.
+* ``probe`` with at least two sources per target class: ``concepts.pt``
+  (per-class mean and spread), ``figures/class_concepts.png``.
+
+Every function takes the job's :class:`~rai_probe.probing.run.ProbeRun`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .._io import write_atomic
+from .artifacts import FIGURES_DIR
+from .concepts import class_concepts, contrast_maps
+from .figures import plot_class_concepts, plot_contrast
+from .metrics import MINIMAL_KEYS
+from .minimal import curve_record, plot_minimal_gallery, plot_robustness_curve
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .run import ProbeRun
+
+__all__ = ["add_mode_columns", "mode_record", "save_mode_tensors", "draw_mode_figures"]
+
+CONTRAST_FILE = "contrast.pt"
+CONCEPTS_FILE = "concepts.pt"
+
+
+def add_mode_columns(run: "ProbeRun") -> None:
+    """The mode's per-image values (``mode=minimal``: ε* and the search's cost) into ``run.per_image``."""
+    extra = run.attacked.extra or {}
+    for key in MINIMAL_KEYS:
+        if key in extra:
+            run.per_image[key] = extra[key].detach().cpu()
+    if "epsilon_min" in run.per_image:
+        # ε* of an image the attack cannot count (a clean mistake, untargeted) is not a success: empty
+        star = run.per_image["epsilon_min"].double()
+        run.per_image["epsilon_min"] = torch.where(run.per_image["success"], star, torch.full_like(star, float("nan")))
+
+
+def _source_and_target(run: "ProbeRun") -> tuple[str, str]:
+    names = run.inputs.class_names
+    return names[int(run.plan.labels[0])], names[int(run.plan.targets[0])]
+
+
+def _has_class_concepts(run: "ProbeRun") -> bool:
+    """A targeted probe with at least two rows toward some class (concepts need several sources)."""
+    if not run.job.targeted or run.job.mode_name not in ("probe",) or run.plan.targets.numel() == 0:
+        return False
+    return int(torch.bincount(run.plan.targets.clamp(min=0)).max()) >= 2
+
+
+def mode_record(run: "ProbeRun") -> dict[str, Any]:
+    """The mode's entries of ``metrics.json`` (beside the summary)."""
+    record: dict[str, Any] = {}
+    if run.job.minimal is not None and "epsilon_min" in run.per_image:
+        record["robustness_curve"] = curve_record(run.per_image, run.job.minimal, run.job.attack.norm)
+    if run.job.mode_name == "contrast":
+        maps = contrast_maps(run.plan.images, run.attacked.xadv, success=run.per_image["success"])
+        source, target = _source_and_target(run)
+        record["contrast"] = {"source": source, "target": target, "n_moved": maps["n"], "n_images": maps["n_all"],
+                              "mean_abs_delta_total": float(maps["mean_abs_delta"].sum()),
+                              "file": CONTRAST_FILE}
+    return record
+
+
+def save_mode_tensors(run: "ProbeRun") -> list[str]:
+    """``contrast.pt`` / ``concepts.pt`` where the mode makes them (loadable with ``weights_only=True``)."""
+    saved = []
+    if run.job.mode_name == "contrast":
+        maps = contrast_maps(run.plan.images, run.attacked.xadv, success=run.per_image["success"])
+        source, target = _source_and_target(run)
+        payload = {**{k: v.float() if torch.is_tensor(v) else v for k, v in maps.items()},
+                   "source": source, "target": target}
+        write_atomic(run.output_dir / CONTRAST_FILE, save=lambda file: torch.save(payload, file))
+        saved.append(CONTRAST_FILE)
+    if _has_class_concepts(run):
+        concepts = class_concepts(run.plan.images, run.attacked.xadv, run.plan.targets,
+                                  classes=len(run.inputs.class_names))
+        payload = {**{k: v.float() if v.is_floating_point() else v for k, v in concepts.items()},
+                   "class_names": list(run.inputs.class_names)}
+        write_atomic(run.output_dir / CONCEPTS_FILE, save=lambda file: torch.save(payload, file))
+        saved.append(CONCEPTS_FILE)
+    return saved
+
+
+def draw_mode_figures(run: "ProbeRun", record: dict[str, Any]) -> list[Path]:
+    """The mode's figures, in ``figures/``."""
+    figures_dir = run.output_dir / FIGURES_DIR
+    paths = []
+    if "robustness_curve" in record:
+        model = run.job.cfg["model"].get("name")
+        attack = run.job.cfg["attack"].get("name", run.job.attack.optimizer)
+        paths.append(plot_robustness_curve(figures_dir / "robustness_curve.png", record["robustness_curve"],
+                                           title=f"{model}, {attack}: robustness from one minimal run"))
+        paths.append(plot_minimal_gallery(
+            figures_dir / "minimal_gallery.png", run.plan.images, run.attacked.xadv, run.per_image["epsilon_min"],
+            clean_pred=run.per_image["clean_pred"], adv_pred=run.per_image["adv_pred"],
+            class_names=run.inputs.class_names))
+    if run.job.mode_name == "contrast":
+        maps = contrast_maps(run.plan.images, run.attacked.xadv, success=run.per_image["success"])
+        source, target = _source_and_target(run)
+        paths.append(plot_contrast(figures_dir / "contrast.png", maps, source=source, target=target))
+    if _has_class_concepts(run):
+        concepts = class_concepts(run.plan.images, run.attacked.xadv, run.plan.targets,
+                                  classes=len(run.inputs.class_names))
+        paths.append(plot_class_concepts(figures_dir / "class_concepts.png", concepts, run.inputs.class_names))
+    return paths
