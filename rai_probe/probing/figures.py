@@ -64,6 +64,21 @@ __all__ = [
     "plot_contrast",
     "plot_class_concepts",
     "plot_overlay_rows",
+    # the drawing kit the probing modules' own pictures share
+    "FAIL_COLOR",
+    "SUCCESS_COLOR",
+    "HEAT_CMAP",
+    "SIGNED_CMAP",
+    "bare_axes",
+    "color_bar",
+    "displayable",
+    "frame_axes",
+    "gray_images",
+    "image_grid",
+    "class_label",
+    "save_figure",
+    "show_image",
+    "show_overlay",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,10 +86,10 @@ log = logging.getLogger(__name__)
 #: At most this many ``figures/batch_*.png`` files per job by default.
 MAX_BATCH_GRIDS = 10
 
-_HEAT_CMAP = "hot"
-_SIGNED_CMAP = "RdBu_r"
-_FAIL_COLOR = "tab:red"
-_SUCCESS_COLOR = "tab:green"
+HEAT_CMAP = "hot"
+SIGNED_CMAP = "RdBu_r"
+FAIL_COLOR = "tab:red"
+SUCCESS_COLOR = "tab:green"
 _DPI = 100
 #: |δ| below this is drawn as no change (transparent): rounding noise, not a perturbation.
 NEGLIGIBLE = 1e-6
@@ -136,7 +151,7 @@ def _numpy(x: Tensor) -> np.ndarray:
     return x.detach().to("cpu", torch.float32).numpy()
 
 
-def _displayable(images: Tensor) -> np.ndarray:
+def displayable(images: Tensor) -> np.ndarray:
     """``(N, H, W)`` for grayscale, ``(N, H, W, 3)`` for RGB, clipped to ``[0, 1]``."""
     channels = images.shape[1]
     if channels not in (1, 3):
@@ -145,9 +160,9 @@ def _displayable(images: Tensor) -> np.ndarray:
     return array[:, 0] if channels == 1 else array.transpose(0, 2, 3, 1)
 
 
-def _gray(images: Tensor) -> np.ndarray:
+def gray_images(images: Tensor) -> np.ndarray:
     """``(N, H, W)`` luminance in ``[0, 1]``."""
-    shown = _displayable(images)
+    shown = displayable(images)
     return shown if shown.ndim == 3 else shown @ np.asarray(_LUMA, dtype=np.float32)
 
 
@@ -159,7 +174,14 @@ def _vector(name: str, x: object, n: int, *, floating: bool = False) -> np.ndarr
     return x.detach().cpu().numpy().astype(np.float64 if floating else np.int64)
 
 
-def _name(index: int, class_names: Sequence[str] | None) -> str:
+def class_label(index: int, class_names: Sequence[str] | None) -> str:
+    """The name of class ``index`` (``"?"`` for -1, the index itself without names).
+
+    Examples
+    --------
+    >>> class_label(1, ["cat", "dog"]), class_label(-1, None), class_label(3, None)
+    ('dog', '?', '3')
+    """
     if index < 0:
         return "?"
     if class_names is None:
@@ -173,7 +195,7 @@ def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
 
 
-def _image_grid(
+def image_grid(
     rows: int,
     cols: int,
     *,
@@ -219,24 +241,27 @@ def _image_grid(
     return figure, axes
 
 
-def _save(figure: Figure, path: str | os.PathLike) -> Path:
+def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
+    """Write ``figure`` as a PNG at ``path`` (creating its folder); return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=_DPI)
     return path  # no pyplot manager holds the figure: it is freed with its last reference
 
 
-def _bare(ax) -> None:
+def bare_axes(ax) -> None:
+    """No ticks on ``ax`` (image panels)."""
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def _show_image(ax, image: np.ndarray) -> None:
+def show_image(ax, image: np.ndarray) -> None:
+    """Draw an ``(H, W)`` grayscale or ``(H, W, 3)`` RGB image in ``[0, 1]`` on ``ax``, without ticks."""
     if image.ndim == 2:
         ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     else:
         ax.imshow(image, interpolation="nearest")
-    _bare(ax)
+    bare_axes(ax)
 
 
 def color_limit(values: np.ndarray | Tensor) -> float:
@@ -264,7 +289,7 @@ def _opacity(values: np.ndarray, limit: float) -> np.ndarray:
     return np.where(magnitude < NEGLIGIBLE, 0.0, 0.25 + 0.75 * np.clip(magnitude / limit, 0.0, 1.0))
 
 
-def _show_overlay(ax, gray: np.ndarray, values: np.ndarray, *, signed: bool, limit: float | None = None):
+def show_overlay(ax, gray: np.ndarray, values: np.ndarray, *, signed: bool, limit: float | None = None):
     """``values`` over a faded ``gray`` image; negligible changes stay transparent.
 
     ``limit`` (default :func:`color_limit` of ``values``) sets the colour
@@ -276,14 +301,14 @@ def _show_overlay(ax, gray: np.ndarray, values: np.ndarray, *, signed: bool, lim
     limit = color_limit(values) if limit is None else limit
     alpha = _opacity(values, limit)
     if signed:
-        shown = ax.imshow(values, cmap=_SIGNED_CMAP, vmin=-limit, vmax=limit, alpha=alpha, interpolation="nearest")
+        shown = ax.imshow(values, cmap=SIGNED_CMAP, vmin=-limit, vmax=limit, alpha=alpha, interpolation="nearest")
     else:
-        shown = ax.imshow(values, cmap=_HEAT_CMAP, vmin=0.0, vmax=limit, alpha=alpha, interpolation="nearest")
-    _bare(ax)
+        shown = ax.imshow(values, cmap=HEAT_CMAP, vmin=0.0, vmax=limit, alpha=alpha, interpolation="nearest")
+    bare_axes(ax)
     return shown
 
 
-def _color_bar(figure: Figure, shown, axes_row: Sequence, label: str) -> None:
+def color_bar(figure: Figure, shown, axes_row: Sequence, label: str) -> None:
     """A colour bar for ``shown``, to the right of the last axes of ``axes_row``, as tall as the row."""
     last = axes_row[-1].get_position()
     width = figure.get_figwidth()
@@ -293,7 +318,8 @@ def _color_bar(figure: Figure, shown, axes_row: Sequence, label: str) -> None:
     bar.set_label(label, fontsize=7)
 
 
-def _frame(ax, color: str) -> None:
+def frame_axes(ax, color: str) -> None:
+    """A thick ``color`` frame around ``ax`` (success / failure marks)."""
     for spine in ax.spines.values():
         spine.set_edgecolor(color)
         spine.set_linewidth(3)
@@ -389,9 +415,9 @@ def plot_batch_grid(
 
     shown = min(n, max_images)
     delta = (xadv[:shown].detach() - images[:shown].detach()).to("cpu", torch.float32)
-    originals = _displayable(images[:shown])
-    perturbed = _displayable(xadv[:shown])
-    gray = _gray(images[:shown])
+    originals = displayable(images[:shown])
+    perturbed = displayable(xadv[:shown])
+    gray = gray_images(images[:shown])
     heat = _numpy(heatmap(delta))
     grayscale = images.shape[1] == 1
     signed = _numpy(signed_heatmap(delta)) if grayscale else None
@@ -402,7 +428,7 @@ def plot_batch_grid(
         heading.append(f"first {shown} of {n} images shown")
     if success_np is not None:
         heading.append(f"{int(success_np[:shown].sum())} of {shown} shown flipped (✓ green, ✗ red)")
-    figure, axes = _image_grid(
+    figure, axes = image_grid(
         rows, shown, cell=1.7, title_lines=3 if success_np is not None else 2, heading_lines=len(heading),
         right=0.75,
     )
@@ -410,35 +436,35 @@ def plot_batch_grid(
     signed_limit = color_limit(signed) if signed is not None else None
     heat_image = signed_image = None
     for col in range(shown):  # drawing: one column per image
-        label = _name(int(labels_np[col]), class_names)
-        _show_image(axes[0, col], originals[col])
+        label = class_label(int(labels_np[col]), class_names)
+        show_image(axes[0, col], originals[col])
         axes[0, col].set_title(
-            f"true: {label}\npred: {_name(int(clean_pred_np[col]), class_names)} ({clean_conf_np[col]:.2f})",
+            f"true: {label}\npred: {class_label(int(clean_pred_np[col]), class_names)} ({clean_conf_np[col]:.2f})",
             fontsize=8,
         )
-        _show_image(axes[1, col], perturbed[col])
-        text = f"adv: {_name(int(adv_pred_np[col]), class_names)} ({adv_conf_np[col]:.2f})"
+        show_image(axes[1, col], perturbed[col])
+        text = f"adv: {class_label(int(adv_pred_np[col]), class_names)} ({adv_conf_np[col]:.2f})"
         if targets_np[col] >= 0:
-            text += f"\ntarget: {_name(int(targets_np[col]), class_names)}"
+            text += f"\ntarget: {class_label(int(targets_np[col]), class_names)}"
         if success_np is not None:
             flipped = bool(success_np[col])
             text += "\n✓ flipped" if flipped else "\n✗ not flipped"
-            _frame(axes[1, col], _SUCCESS_COLOR if flipped else _FAIL_COLOR)
+            frame_axes(axes[1, col], SUCCESS_COLOR if flipped else FAIL_COLOR)
         axes[1, col].set_title(text, fontsize=8)
-        heat_image = _show_overlay(axes[2, col], gray[col], heat[col], signed=False, limit=heat_limit)
+        heat_image = show_overlay(axes[2, col], gray[col], heat[col], signed=False, limit=heat_limit)
         axes[2, col].set_title(f"max {float(np.abs(heat[col]).max()):.3g}", fontsize=8)
         if signed is not None:
-            signed_image = _show_overlay(axes[3, col], gray[col], signed[col], signed=True, limit=signed_limit)
+            signed_image = show_overlay(axes[3, col], gray[col], signed[col], signed=True, limit=signed_limit)
             axes[3, col].set_title(f"±{float(np.abs(signed[col]).max()):.3g}", fontsize=8)
-    _color_bar(figure, heat_image, axes[2], "|δ|")
+    color_bar(figure, heat_image, axes[2], "|δ|")
     if signed_image is not None:
-        _color_bar(figure, signed_image, axes[3], "δ")
+        color_bar(figure, signed_image, axes[3], "δ")
     row_names = ["original", "perturbed", "|δ| (sum over channels)", "δ (signed)"][:rows]
     for row, name in enumerate(row_names):
         axes[row, 0].set_ylabel(name, fontsize=8)
     if heading:
         figure.suptitle("\n".join(heading), fontsize=10, y=1 - 0.05 / figure.get_figheight())
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def save_batch_grids(
@@ -582,7 +608,7 @@ def plot_loss_trace(
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_class_grid(
@@ -652,11 +678,11 @@ def plot_class_grid(
     row_ids, col_ids = all_sources[:max_sources], all_targets[:max_targets]
     shown = np.isin(sources_np, row_ids) & np.isin(targets_np, col_ids)
     keep = np.flatnonzero(shown)
-    perturbed = _displayable(xadv[torch.as_tensor(keep)])
+    perturbed = displayable(xadv[torch.as_tensor(keep)])
     heat = gray = None
     if deltas is not None:
         heat = _numpy(heatmap(deltas[torch.as_tensor(keep)]))
-        gray = _gray(xadv[torch.as_tensor(keep)])
+        gray = gray_images(xadv[torch.as_tensor(keep)])
     per_source = 2 if deltas is not None else 1
     single = len(col_ids) == 1  # one target: wrap the sources into a grid, one source per cell
     if single:
@@ -666,17 +692,17 @@ def plot_class_grid(
         cols, blocks = len(col_ids), len(row_ids)
     rows = blocks * per_source
 
-    heading = [f"toward class {_name(int(col_ids[0]), class_names)}" if single else "toward each target class"]
+    heading = [f"toward class {class_label(int(col_ids[0]), class_names)}" if single else "toward each target class"]
     if success_np is not None:
         heading.append(f"{int(success_np[keep].sum())}/{keep.size} succeeded (✗: failed)")
     if len(row_ids) < len(all_sources) or len(col_ids) < len(all_targets):
         heading.append(f"showing {len(row_ids)}/{len(all_sources)} sources, {len(col_ids)}/{len(all_targets)} targets")
-    figure, axes = _image_grid(
+    figure, axes = image_grid(
         rows, cols, cell=1.4, title_lines=1 if single else 0, column_title_lines=0 if single else 1,
         heading_lines=len(heading), right=0.75 if heat is not None else 0.1,
     )
     for ax in axes.flat:
-        _bare(ax)
+        bare_axes(ax)
         ax.set_frame_on(False)
     row_of = {int(s): k for k, s in enumerate(row_ids)}
     col_of = {int(t): k for k, t in enumerate(col_ids)}
@@ -691,20 +717,20 @@ def plot_class_grid(
         row, col = cell(int(sources_np[entry]), int(targets_np[entry]))
         ax = axes[row, col]
         ax.set_frame_on(True)
-        _show_image(ax, perturbed[slot])
+        show_image(ax, perturbed[slot])
         if single:
             ax.set_title(f"source {int(sources_np[entry])}", fontsize=8)
         failed = success_np is not None and not success_np[entry]
         if failed:
-            _frame(ax, _FAIL_COLOR)
-            ax.text(0.03, 0.97, "✗", transform=ax.transAxes, color=_FAIL_COLOR, fontsize=12,
+            frame_axes(ax, FAIL_COLOR)
+            ax.text(0.03, 0.97, "✗", transform=ax.transAxes, color=FAIL_COLOR, fontsize=12,
                     fontweight="bold", va="top", ha="left")
         if heat is not None:
             below = axes[row + 1, col]
             below.set_frame_on(True)
-            heat_image = _show_overlay(below, gray[slot], heat[slot], signed=False, limit=limit)
+            heat_image = show_overlay(below, gray[slot], heat[slot], signed=False, limit=limit)
             if failed:
-                _frame(below, _FAIL_COLOR)
+                frame_axes(below, FAIL_COLOR)
     if single:
         for block in range(blocks):
             axes[block * per_source, 0].set_ylabel("perturbed", fontsize=9)
@@ -712,15 +738,15 @@ def plot_class_grid(
                 axes[block * per_source + 1, 0].set_ylabel("|δ|", fontsize=9)
     else:
         for k, target in enumerate(col_ids):
-            axes[0, k].set_title(f"→ {_name(int(target), class_names)}", fontsize=9)
+            axes[0, k].set_title(f"→ {class_label(int(target), class_names)}", fontsize=9)
         for k, source in enumerate(row_ids):
             axes[k * per_source, 0].set_ylabel(f"source {int(source)}", fontsize=9)
             if heat is not None:
                 axes[k * per_source + 1, 0].set_ylabel("|δ|", fontsize=9)
     if heat_image is not None:
-        _color_bar(figure, heat_image, axes[per_source - 1], "|δ| (all cells)")
+        color_bar(figure, heat_image, axes[per_source - 1], "|δ| (all cells)")
     figure.suptitle("\n".join(heading), fontsize=10, y=1 - 0.05 / figure.get_figheight())
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------- #
@@ -796,7 +822,7 @@ def plot_curves(
             ax.text(0.01, 0.01 + 0.05 * k, note, transform=ax.transAxes, fontsize=7, color="0.3")
     if title:
         figure.suptitle(title, fontsize=10)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_heatmap_gallery(
@@ -839,7 +865,7 @@ def plot_heatmap_gallery(
     ncols = min(ncols, len(heatmaps))
     nrows = math.ceil(len(heatmaps) / ncols)
     title_lines = max((text.count("\n") + 1 for text in titles if text), default=0)
-    figure, axes = _image_grid(
+    figure, axes = image_grid(
         nrows, ncols, cell=1.6, title_lines=title_lines, heading_lines=title.count("\n") + 1 if title else 0,
         left=0.45 if row_labels is not None else 0.1, right=0.8 if shared_scale else 0.1,
     )
@@ -847,7 +873,7 @@ def plot_heatmap_gallery(
     shared = max((color_limit(array) for array in present), default=MIN_COLOR_LIMIT)
     shown = None
     for ax in axes.flat:
-        _bare(ax)
+        bare_axes(ax)
         ax.set_frame_on(False)
     for k, (values, text) in enumerate(zip(heatmaps, titles)):  # drawing: one panel each
         ax = axes[k // ncols, k % ncols]
@@ -857,20 +883,20 @@ def plot_heatmap_gallery(
                 raise ValueError(f"heatmap {k} must have shape (H, W); got {array.shape}")
             ax.set_frame_on(True)
             limit = shared if shared_scale else color_limit(array)
-            shown = ax.imshow(np.ma.masked_where(np.abs(array) < NEGLIGIBLE, array), cmap=_HEAT_CMAP,
+            shown = ax.imshow(np.ma.masked_where(np.abs(array) < NEGLIGIBLE, array), cmap=HEAT_CMAP,
                               vmin=0.0, vmax=limit, interpolation="nearest")
         if failed is not None and failed[k]:
             ax.set_frame_on(True)
-            _frame(ax, _FAIL_COLOR)
+            frame_axes(ax, FAIL_COLOR)
         ax.set_title(text, fontsize=7)
     if row_labels is not None:
         for row, label in enumerate(row_labels[:nrows]):
             axes[row, 0].set_ylabel(label, fontsize=8)
     if shared_scale and shown is not None:
-        _color_bar(figure, shown, axes[0], "|δ| (all panels)")
+        color_bar(figure, shown, axes[0], "|δ| (all panels)")
     if title:
         figure.suptitle(title, fontsize=10, y=1 - 0.05 / figure.get_figheight())
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------- #
@@ -896,20 +922,20 @@ def plot_contrast(path: str | os.PathLike, maps: Mapping, *, source: str, target
     magnitude = maps["mean_abs_delta"][0].sum(dim=0)
     figure = _new_figure(9.0, 3.4)
     axes = figure.subplots(1, 3)
-    _show_image(axes[0], _displayable(maps["mean_image"].float())[0])
+    show_image(axes[0], displayable(maps["mean_image"].float())[0])
     axes[0].set_title(f"mean image of {source}\n({maps['n']} of {maps['n_all']} moved to {target})", fontsize=8)
     limit = color_limit(signed)
-    shown = axes[1].imshow(_numpy(signed), cmap=_SIGNED_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
+    shown = axes[1].imshow(_numpy(signed), cmap=SIGNED_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
     axes[1].set_title(f"mean signed δ\n(red: added to make {target})", fontsize=8)
     figure.colorbar(shown, ax=axes[1], shrink=0.8).set_label("mean δ (channel sum)", fontsize=7)
-    heat = axes[2].imshow(_numpy(magnitude), cmap=_HEAT_CMAP, vmin=0.0, vmax=color_limit(magnitude),
+    heat = axes[2].imshow(_numpy(magnitude), cmap=HEAT_CMAP, vmin=0.0, vmax=color_limit(magnitude),
                           interpolation="nearest")
     axes[2].set_title("mean |δ|\n(where it changes)", fontsize=8)
     figure.colorbar(heat, ax=axes[2], shrink=0.8).set_label("mean |δ| (channel sum)", fontsize=7)
     for ax in axes:
-        _bare(ax)
+        bare_axes(ax)
     figure.suptitle(f"what turns {source} into {target} for this model", fontsize=10)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_class_concepts(path: str | os.PathLike, concepts: Mapping, class_names: Sequence[str]) -> Path:
@@ -932,28 +958,28 @@ def plot_class_concepts(path: str | os.PathLike, concepts: Mapping, class_names:
     present = [k for k in range(len(class_names)) if int(concepts["count"][k]) > 0]
     if not present:
         raise ValueError("`concepts` has no class with rows")
-    figure, axes = _image_grid(3, len(present), cell=1.3, title_lines=2, heading_lines=1, left=0.6, right=0.8)
-    means = _displayable(concepts["mean_xadv"][present].float())
+    figure, axes = image_grid(3, len(present), cell=1.3, title_lines=2, heading_lines=1, left=0.6, right=0.8)
+    means = displayable(concepts["mean_xadv"][present].float())
     signed = _numpy(concepts["mean_delta"][present].float().sum(dim=1))
     spread = _numpy(concepts["std_xadv"][present].float().mean(dim=1))
     signed_limit, spread_limit = color_limit(signed), color_limit(spread)
     added = shown = None
     for column, k in enumerate(present):
-        _show_image(axes[0, column], means[column])
+        show_image(axes[0, column], means[column])
         axes[0, column].set_title(f"{class_names[k]}\n(n={int(concepts['count'][k])})", fontsize=7)
-        added = axes[1, column].imshow(signed[column], cmap=_SIGNED_CMAP, vmin=-signed_limit, vmax=signed_limit,
+        added = axes[1, column].imshow(signed[column], cmap=SIGNED_CMAP, vmin=-signed_limit, vmax=signed_limit,
                                        interpolation="nearest")
         shown = axes[2, column].imshow(spread[column], cmap="viridis", vmin=0.0, vmax=spread_limit,
                                        interpolation="nearest")
-        _bare(axes[1, column])
-        _bare(axes[2, column])
+        bare_axes(axes[1, column])
+        bare_axes(axes[2, column])
     axes[0, 0].set_ylabel("mean image", fontsize=8)
     axes[1, 0].set_ylabel("mean δ", fontsize=8)
     axes[2, 0].set_ylabel("spread (std)", fontsize=8)
-    _color_bar(figure, added, axes[1], "mean δ (channel sum)")
-    _color_bar(figure, shown, axes[2], "std over sources")
+    color_bar(figure, added, axes[1], "mean δ (channel sum)")
+    color_bar(figure, shown, axes[2], "std over sources")
     figure.suptitle("class concepts: mean and spread over the sources", fontsize=10, y=0.99)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_overlay_rows(
@@ -983,23 +1009,23 @@ def plot_overlay_rows(
     if not images or len(images) != len(deltas) or len(images) != len(titles) or len(images) != len(row_labels):
         raise ValueError("`images`, `deltas`, `titles` and `row_labels` must hold the same number of rows (>= 1)")
     cols = max(1, max(len(row) for row in images))
-    figure, axes = _image_grid(len(images), cols, cell=1.6, title_lines=2, heading_lines=1, left=0.45, right=0.8)
+    figure, axes = image_grid(len(images), cols, cell=1.6, title_lines=2, heading_lines=1, left=0.45, right=0.8)
     magnitudes = [[_numpy(delta.abs().sum(dim=0)) for delta in row] for row in deltas]
     limit = max((color_limit(m) for row in magnitudes for m in row), default=MIN_COLOR_LIMIT)
     shown = None
     for r, row in enumerate(images):
         for k in range(cols):
             ax = axes[r, k]
-            _bare(ax)
+            bare_axes(ax)
             if k >= len(row):
                 ax.set_frame_on(False)
                 continue
-            gray = _gray(row[k].unsqueeze(0))[0]
-            shown = _show_overlay(ax, gray, magnitudes[r][k], signed=False, limit=limit)
+            gray = gray_images(row[k].unsqueeze(0))[0]
+            shown = show_overlay(ax, gray, magnitudes[r][k], signed=False, limit=limit)
             ax.set_title(titles[r][k], fontsize=7)
         axes[r, 0].set_ylabel(row_labels[r], fontsize=8)
     if shown is not None:
-        _color_bar(figure, shown, axes[0], "|δ| (all panels)")
+        color_bar(figure, shown, axes[0], "|δ| (all panels)")
     figure.suptitle(title, fontsize=10, y=1 - 0.05 / figure.get_figheight())
-    return _save(figure, path)
+    return save_figure(figure, path)
 

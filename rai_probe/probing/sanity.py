@@ -72,16 +72,16 @@ from ..models import NormalizedModel, randomized_copy, save_checkpoint
 from ..progress import Progress
 from .artifacts import FIGURES_DIR, load_perturbations, per_image_from_perturbations, write_metrics
 from .figures import (
-    _FAIL_COLOR,
-    _SUCCESS_COLOR,
-    _bare,
-    _displayable,
-    _frame,
-    _gray,
-    _image_grid,
-    _save,
-    _show_image,
-    _show_overlay,
+    FAIL_COLOR,
+    SUCCESS_COLOR,
+    bare_axes,
+    displayable,
+    frame_axes,
+    gray_images,
+    image_grid,
+    save_figure,
+    show_image,
+    show_overlay,
     color_limit,
 )
 from .job import checked_job
@@ -465,18 +465,18 @@ def plot_sanity(
     names = list(deltas)
     chosen = _figure_rows(success, rows)
     shown = images[chosen].detach().to("cpu", torch.float32)
-    originals, gray = _displayable(shown), _gray(shown)
+    originals, gray = displayable(shown), gray_images(shown)
     heat = {name: pixel_magnitude(deltas[name][chosen].cpu()).float().numpy() for name in names}
     limit = max(color_limit(values) for values in heat.values())
-    figure, axes = _image_grid(len(chosen), 1 + len(names), cell=1.5, title_lines=2, heading_lines=2, right=0.9)
+    figure, axes = image_grid(len(chosen), 1 + len(names), cell=1.5, title_lines=2, heading_lines=2, right=0.9)
     drawn = None
     for row, k in enumerate(chosen):  # drawing: one row per image
         label = "" if labels is None else f"label {int(labels[k])}\n"
-        _show_image(axes[row, 0], originals[row])
+        show_image(axes[row, 0], originals[row])
         axes[row, 0].set_title(f"{label}image {k}", fontsize=7)
         for col, name in enumerate(names, start=1):
             ax = axes[row, col]
-            drawn = _show_overlay(ax, gray[row], heat[name][row], signed=False, limit=limit)
+            drawn = show_overlay(ax, gray[row], heat[name][row], signed=False, limit=limit)
             hit = bool(success[name][k])
             changed = int((heat[name][row] > 0).sum())
             flip = ""
@@ -484,8 +484,8 @@ def plot_sanity(
                 before, after = predictions[name]
                 flip = f" {int(before[k])}→{int(after[k])},"
             ax.set_title(f"{name}\n{'✓' if hit else '✗'}{flip} L0 {changed}", fontsize=7)
-            _frame(ax, _SUCCESS_COLOR if hit else _FAIL_COLOR)
-            _bare(ax)
+            frame_axes(ax, SUCCESS_COLOR if hit else FAIL_COLOR)
+            bare_axes(ax)
     top, bottom = axes[0, -1].get_position(), axes[-1, -1].get_position()
     width = figure.get_figwidth()
     cax = figure.add_axes((top.x1 + 0.1 / width, bottom.y0, 0.1 / width, top.y1 - bottom.y0))
@@ -495,7 +495,7 @@ def plot_sanity(
     figure.suptitle("the same attack on each model (✓ success, green; ✗ failure, red)\n"
                     f"{len(chosen)} of {images.shape[0]} images: those most models succeeded on",
                     fontsize=8, y=1 - 0.05 / figure.get_figheight())
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------- #

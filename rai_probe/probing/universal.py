@@ -58,18 +58,18 @@ from ..perturbations.universal import (
 )
 from .artifacts import FIGURES_DIR, save_perturbations, write_per_image_csv
 from .figures import (
-    _FAIL_COLOR,
-    _HEAT_CMAP,
-    _SIGNED_CMAP,
-    _SUCCESS_COLOR,
-    _bare,
-    _color_bar,
-    _displayable,
-    _frame,
-    _image_grid,
-    _name,
-    _save,
-    _show_image,
+    FAIL_COLOR,
+    HEAT_CMAP,
+    SIGNED_CMAP,
+    SUCCESS_COLOR,
+    bare_axes,
+    color_bar,
+    displayable,
+    frame_axes,
+    image_grid,
+    class_label,
+    save_figure,
+    show_image,
     color_limit,
     plot_batch_grid,
     plot_loss_trace,
@@ -638,10 +638,10 @@ def plot_universal(
     cols = max(k, n, 1)
     rows = 3 if n else 1
     heading = [title] if title else []
-    figure, axes = _image_grid(rows, cols, cell=1.5, title_lines=3, right=0.8, left=0.45,
+    figure, axes = image_grid(rows, cols, cell=1.5, title_lines=3, right=0.8, left=0.45,
                                heading_lines=sum(text.count("\n") + 1 for text in heading))
     for ax in axes.flat:
-        _bare(ax)
+        bare_axes(ax)
         ax.set_frame_on(False)
     shown = None
     classes_np = delta_classes.cpu().numpy().astype(np.int64)
@@ -649,37 +649,37 @@ def plot_universal(
         ax = axes[0, j]
         ax.set_frame_on(True)
         if grayscale:
-            shown = ax.imshow(maps_np[j], cmap=_SIGNED_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
+            shown = ax.imshow(maps_np[j], cmap=SIGNED_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
         else:
-            shown = ax.imshow(maps_np[j], cmap=_HEAT_CMAP, vmin=0.0, vmax=limit, interpolation="nearest")
-        who = "every image" if classes_np[j] < 0 else f"class {_name(int(classes_np[j]), class_names)}"
+            shown = ax.imshow(maps_np[j], cmap=HEAT_CMAP, vmin=0.0, vmax=limit, interpolation="nearest")
+        who = "every image" if classes_np[j] < 0 else f"class {class_label(int(classes_np[j]), class_names)}"
         size = ""
         if norm is not None:
             flat = values[j].flatten().double()
             size = {"l1": flat.abs().sum(), "l2": flat.norm(), "linf": flat.abs().max()}[norm]
             size = f"\n{norm} {float(size):.3g}"
         ax.set_title(f"δ for {who}{size}", fontsize=7)
-    _color_bar(figure, shown, [axes[0, k - 1]], "δ (signed)" if grayscale else "|δ| (sum over channels)")
+    color_bar(figure, shown, [axes[0, k - 1]], "δ (signed)" if grayscale else "|δ| (sum over channels)")
     axes[0, 0].set_ylabel("δ", fontsize=8)
     if n:
-        originals, perturbed = _displayable(images), _displayable(xadv)
+        originals, perturbed = displayable(images), displayable(xadv)
         hits = success.cpu().numpy().astype(bool)
         for i in range(n):  # drawing: one column per image
-            _show_image(axes[1, i], originals[i])
+            show_image(axes[1, i], originals[i])
             axes[1, i].set_frame_on(True)
             axes[1, i].set_title(
-                f"true: {_name(int(labels[i]), class_names)}\n"
-                f"pred: {_name(int(clean_pred[i]), class_names)} ({float(clean_conf[i]):.2f})", fontsize=7)
-            _show_image(axes[2, i], perturbed[i])
+                f"true: {class_label(int(labels[i]), class_names)}\n"
+                f"pred: {class_label(int(clean_pred[i]), class_names)} ({float(clean_conf[i]):.2f})", fontsize=7)
+            show_image(axes[2, i], perturbed[i])
             axes[2, i].set_frame_on(True)
-            text = f"adv: {_name(int(adv_pred[i]), class_names)} ({float(adv_conf[i]):.2f})"
+            text = f"adv: {class_label(int(adv_pred[i]), class_names)} ({float(adv_conf[i]):.2f})"
             if targets is not None and int(targets[i]) >= 0:
-                text += f"\ntarget: {_name(int(targets[i]), class_names)}"
+                text += f"\ntarget: {class_label(int(targets[i]), class_names)}"
             text += "\n✓ flipped" if hits[i] else "\n✗ not flipped"
-            _frame(axes[2, i], _SUCCESS_COLOR if hits[i] else _FAIL_COLOR)
+            frame_axes(axes[2, i], SUCCESS_COLOR if hits[i] else FAIL_COLOR)
             axes[2, i].set_title(text, fontsize=7)
         axes[1, 0].set_ylabel("held-out", fontsize=8)
         axes[2, 0].set_ylabel("+ δ", fontsize=8)
     if heading:
         figure.suptitle("\n".join(heading), fontsize=9, y=1 - 0.05 / figure.get_figheight())
-    return _save(figure, path)
+    return save_figure(figure, path)
