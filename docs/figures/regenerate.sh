@@ -19,4 +19,6 @@ python scripts/probe.py +attack=l1q mode=contrast mode.source=3 mode.target=8 n_
 cp "$out/contrast/figures/contrast.png" docs/figures/tutorial_contrast.png
 python scripts/probe.py +attack=l2 mode=probe data=noise n_images=8 attack.epsilon=8 attack.lr=0.2 hydra.run.dir="$out/concepts"
 cp "$out/concepts/figures/class_concepts.png" docs/figures/tutorial_concepts.png
+python scripts/probe.py +attack=l2 attack.epsilon=3 mode=universal n_images=500 hydra.run.dir="$out/universal"
+cp "$out/universal/figures/universal.png" docs/figures/tutorial_universal.png
 echo "figures regenerated from runs in $out"
