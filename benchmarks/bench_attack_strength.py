@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -95,15 +94,8 @@ class Row:
 # the attacks
 # --------------------------------------------------------------------------- #
 def attack_from_yaml(config: str) -> Attack:
-    """The attack of ``rai_probe/configs/attack/<config>.yaml``, as the probe job reads it (``q``, ``dq`` as options)."""
-    settings = yaml.safe_load((CONFIG_DIR / "attack" / f"{config}.yaml").read_text())
-    settings.pop("name", None)
-    options = dict(settings.pop("options", None) or {})
-    for key in ("q", "dq"):
-        value = settings.pop(key, None)
-        if value is not None:
-            options[key] = value
-    return Attack.from_dict({**settings, "options": options})
+    """The attack of ``rai_probe/configs/attack/<config>.yaml``, as the probe job reads it (``Attack.from_dict``)."""
+    return Attack.from_dict(yaml.safe_load((CONFIG_DIR / "attack" / f"{config}.yaml").read_text()))
 
 
 def our_attack(name: str, epsilon: float, steps: int) -> Attack:

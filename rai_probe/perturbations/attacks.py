@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import optim as _optim
+from ..optim import options as _options
 from ..errors import SettingError, SettingTypeError, UnknownSettingError
 from ..optim import ChainedParamTransformingOptimizer, LaplacianSmoothing
 from ..optim import functional as _F
@@ -868,22 +869,17 @@ class Attack:
         return _chain(stages)
 
     def _checked_radius(self, epsilon: Tensor | None, images: Tensor) -> Tensor | None:
-        """A per-image radius tensor checked: shape ``(N,)``, finite and > 0 (no host sync beyond the check)."""
+        """A per-image radius tensor checked: shape ``(N,)``, finite and > 0 (the optimizers' own radius check)."""
         if epsilon is None:
             return None
         n = images.shape[0] if images.ndim else 1
-        if not isinstance(epsilon, Tensor) or tuple(epsilon.shape) != (n,) or not epsilon.is_floating_point():
+        if not isinstance(epsilon, Tensor) or tuple(epsilon.shape) != (n,):
             raise SettingError(
                 f"Attack.run: `epsilon` must be a float tensor of shape ({n},), one radius per image; got {epsilon!r}",
                 setting="epsilon",
                 value=epsilon,
             )
-        if not bool((torch.isfinite(epsilon) & (epsilon > 0)).all()):
-            raise SettingError(
-                f"Attack.run: every per-image `epsilon` must be a finite number > 0; got {epsilon.tolist()}",
-                setting="epsilon",
-                value=epsilon,
-            )
+        _options.radius("Attack.run", "epsilon", epsilon)
         return epsilon.detach().to(images.device)
 
     def _perturbation(

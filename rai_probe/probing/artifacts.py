@@ -445,19 +445,19 @@ def write_per_image_csv(
     if sources is not None and (isinstance(sources, str) or len(sources) != n):
         raise ValueError(f"`sources` must hold one file name per image ({n}); got {sources!r:.80}")
 
-    quality = [key for key in OPTIONAL_KEYS if key in per_image]
-    columns.update({key: per_image[key].detach().cpu().tolist() for key in quality})
+    optional = [key for key in OPTIONAL_KEYS if key in per_image]
+    columns.update({key: per_image[key].detach().cpu().tolist() for key in optional})
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(_csv_columns() + quality + (["source"] if sources is not None else []))
+    writer.writerow(_csv_columns() + optional + (["source"] if sources is not None else []))
     for row in range(n):  # formatting only: one CSV line per image
         cells = []
         for key in PER_IMAGE_KEYS:
             cells.append(_format(key, columns[key][row]))
             if key in _NAME_COLUMNS:
                 cells.append(name_of(int(columns[key][row])))
-        cells += [_format(key, columns[key][row]) for key in quality]
+        cells += [_format(key, columns[key][row]) for key in optional]
         if sources is not None:
             cells.append(str(sources[row]))
         writer.writerow(cells)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..jobs.config_dir import CONFIG_DIR, available
-from ..jobs.errors import ConfigError, typed_override
 from ..jobs.hydra_app import hydra_main
+from .job import require_attack
 from .run import run_probe
 
 # CONFIG_DIR and available (rai_probe.jobs.config_dir) are re-exported: the probe's configs are that tree.
@@ -23,11 +23,7 @@ __all__ = ["probe_job", "main", "available", "CONFIG_DIR"]
 
 def probe_job(settings: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """Run one probe job from its resolved settings (the task of ``rai-probe`` and ``scripts/probe.py``)."""
-    if settings.get("attack") is None:
-        raise ConfigError(
-            "no attack chosen: add one of " + ", ".join(f"+attack={name}" for name in available("attack")),
-            typed_override("+attack", overrides),
-        )
+    require_attack(settings, overrides)
     return run_probe(settings, output_dir, overrides)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..data import ImageDataset
+from ..jobs.config_dir import available
 from ..jobs.errors import typed_override
 from ..models import NormalizedModel
 from ..perturbations.attacks import Attack
@@ -26,7 +27,7 @@ from .schema import check_probe_settings
 from .selection import needs_selection
 from .settings import ProbeConfigError, attack_from_config, check_attack_shape, data_from_config, model_from_config
 
-__all__ = ["ProbeJob", "ProbeInputs", "checked_job", "load_inputs"]
+__all__ = ["ProbeJob", "ProbeInputs", "require_attack", "checked_job", "load_inputs"]
 
 log = logging.getLogger("rai_probe.probing.run")
 
@@ -76,10 +77,18 @@ class ProbeInputs:
             self.classifier = self.model
 
 
+def require_attack(cfg: Mapping[str, Any], overrides: Sequence[str]) -> None:
+    """Refuse a config without an attack group, listing the shipped attacks (``+attack=<name>``)."""
+    if cfg.get("attack") is None:
+        raise ProbeConfigError(
+            "no attack chosen: add one of " + ", ".join(f"+attack={name}" for name in available("attack")),
+            typed_override("+attack", overrides),
+        )
+
+
 def checked_job(cfg: Mapping[str, Any], overrides: Sequence[str]) -> ProbeJob:
     """Every setting that can be checked without loading anything, checked."""
-    if cfg.get("attack") is None:
-        raise ProbeConfigError("no attack chosen", typed_override("+attack", overrides))
+    require_attack(cfg, overrides)
     check_probe_settings(cfg, overrides)
     try:
         set_threads(cfg.get("threads"))

@@ -14,6 +14,7 @@ Every function takes the job's :class:`~rai_probe.probing.run.ProbeRun`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,8 @@ from .minimal import curve_record, plot_minimal_gallery, plot_robustness_curve
 if TYPE_CHECKING:  # pragma: no cover
     from .run import ProbeRun
 
-__all__ = ["add_mode_columns", "mode_record", "save_mode_tensors", "draw_mode_figures"]
+__all__ = ["ModeSummaries", "add_mode_columns", "mode_summaries", "mode_record", "save_mode_tensors",
+           "draw_mode_figures"]
 
 CONTRAST_FILE = "contrast.pt"
 CONCEPTS_FILE = "concepts.pt"
@@ -47,53 +49,66 @@ def add_mode_columns(run: "ProbeRun") -> None:
         run.per_image["epsilon_min"] = torch.where(run.per_image["success"], star, torch.full_like(star, float("nan")))
 
 
-def _source_and_target(run: "ProbeRun") -> tuple[str, str]:
-    names = run.inputs.class_names
-    return names[int(run.plan.labels[0])], names[int(run.plan.targets[0])]
+@dataclass
+class ModeSummaries:
+    """The dataset-level tensors a mode adds, computed once per job (None where the mode makes none)."""
+
+    contrast: dict | None = None  # contrast_maps(...) of mode=contrast
+    concepts: dict | None = None  # class_concepts(...) of a probe with several sources per class
+    source: str | None = None  # mode=contrast: the class names
+    target: str | None = None
 
 
 def _has_class_concepts(run: "ProbeRun") -> bool:
     """A targeted probe with at least two rows toward some class (concepts need several sources)."""
-    if not run.job.targeted or run.job.mode_name not in ("probe",) or run.plan.targets.numel() == 0:
+    if not run.job.targeted or run.job.mode_name != "probe" or run.plan.targets.numel() == 0:
         return False
     return int(torch.bincount(run.plan.targets.clamp(min=0)).max()) >= 2
 
 
-def mode_record(run: "ProbeRun") -> dict[str, Any]:
+def mode_summaries(run: "ProbeRun") -> ModeSummaries:
+    """The contrast maps and class concepts the job's mode asks for (one pass over its tensors)."""
+    summaries = ModeSummaries()
+    if run.job.mode_name == "contrast":
+        names = run.inputs.class_names
+        summaries.contrast = contrast_maps(run.plan.images, run.attacked.xadv, success=run.per_image["success"])
+        summaries.source, summaries.target = names[int(run.plan.labels[0])], names[int(run.plan.targets[0])]
+    if _has_class_concepts(run):
+        summaries.concepts = class_concepts(run.plan.images, run.attacked.xadv, run.plan.targets,
+                                            classes=len(run.inputs.class_names))
+    return summaries
+
+
+def mode_record(run: "ProbeRun", summaries: ModeSummaries) -> dict[str, Any]:
     """The mode's entries of ``metrics.json`` (beside the summary)."""
     record: dict[str, Any] = {}
     if run.job.minimal is not None and "epsilon_min" in run.per_image:
         record["robustness_curve"] = curve_record(run.per_image, run.job.minimal, run.job.attack.norm)
-    if run.job.mode_name == "contrast":
-        maps = contrast_maps(run.plan.images, run.attacked.xadv, success=run.per_image["success"])
-        source, target = _source_and_target(run)
-        record["contrast"] = {"source": source, "target": target, "n_moved": maps["n"], "n_images": maps["n_all"],
-                              "mean_abs_delta_total": float(maps["mean_abs_delta"].sum()),
-                              "file": CONTRAST_FILE}
+    if summaries.contrast is not None:
+        maps = summaries.contrast
+        record["contrast"] = {"source": summaries.source, "target": summaries.target, "n_moved": maps["n"],
+                              "n_images": maps["n_all"],
+                              "mean_abs_delta_total": float(maps["mean_abs_delta"].sum()), "file": CONTRAST_FILE}
     return record
 
 
-def save_mode_tensors(run: "ProbeRun") -> list[str]:
+def save_mode_tensors(run: "ProbeRun", summaries: ModeSummaries) -> list[str]:
     """``contrast.pt`` / ``concepts.pt`` where the mode makes them (loadable with ``weights_only=True``)."""
     saved = []
-    if run.job.mode_name == "contrast":
-        maps = contrast_maps(run.plan.images, run.attacked.xadv, success=run.per_image["success"])
-        source, target = _source_and_target(run)
-        payload = {**{k: v.float() if torch.is_tensor(v) else v for k, v in maps.items()},
-                   "source": source, "target": target}
+    if summaries.contrast is not None:
+        payload = {**{k: v.float() if torch.is_tensor(v) else v for k, v in summaries.contrast.items()},
+                   "source": summaries.source, "target": summaries.target}
         write_atomic(run.output_dir / CONTRAST_FILE, save=lambda file: torch.save(payload, file))
         saved.append(CONTRAST_FILE)
-    if _has_class_concepts(run):
-        concepts = class_concepts(run.plan.images, run.attacked.xadv, run.plan.targets,
-                                  classes=len(run.inputs.class_names))
-        payload = {**{k: v.float() if v.is_floating_point() else v for k, v in concepts.items()},
+    if summaries.concepts is not None:
+        payload = {**{k: v.float() if v.is_floating_point() else v for k, v in summaries.concepts.items()},
                    "class_names": list(run.inputs.class_names)}
         write_atomic(run.output_dir / CONCEPTS_FILE, save=lambda file: torch.save(payload, file))
         saved.append(CONCEPTS_FILE)
     return saved
 
 
-def draw_mode_figures(run: "ProbeRun", record: dict[str, Any]) -> list[Path]:
+def draw_mode_figures(run: "ProbeRun", record: dict[str, Any], summaries: ModeSummaries) -> list[Path]:
     """The mode's figures, in ``figures/``."""
     figures_dir = run.output_dir / FIGURES_DIR
     paths = []
@@ -106,12 +121,10 @@ def draw_mode_figures(run: "ProbeRun", record: dict[str, Any]) -> list[Path]:
             figures_dir / "minimal_gallery.png", run.plan.images, run.attacked.xadv, run.per_image["epsilon_min"],
             clean_pred=run.per_image["clean_pred"], adv_pred=run.per_image["adv_pred"],
             class_names=run.inputs.class_names))
-    if run.job.mode_name == "contrast":
-        maps = contrast_maps(run.plan.images, run.attacked.xadv, success=run.per_image["success"])
-        source, target = _source_and_target(run)
-        paths.append(plot_contrast(figures_dir / "contrast.png", maps, source=source, target=target))
-    if _has_class_concepts(run):
-        concepts = class_concepts(run.plan.images, run.attacked.xadv, run.plan.targets,
-                                  classes=len(run.inputs.class_names))
-        paths.append(plot_class_concepts(figures_dir / "class_concepts.png", concepts, run.inputs.class_names))
+    if summaries.contrast is not None:
+        paths.append(plot_contrast(figures_dir / "contrast.png", summaries.contrast, source=summaries.source,
+                                   target=summaries.target))
+    if summaries.concepts is not None:
+        paths.append(plot_class_concepts(figures_dir / "class_concepts.png", summaries.concepts,
+                                         run.inputs.class_names))
     return paths

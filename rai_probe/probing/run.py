@@ -38,7 +38,8 @@ from .quality import faithfulness, minimality, stability
 from .figures import plot_class_grid, plot_loss_trace, save_batch_grids
 from .job import ProbeInputs, ProbeJob, checked_job, load_inputs
 from .metrics import MINIMAL_KEYS, per_image_metrics, summarize
-from .modes import add_mode_columns, draw_mode_figures, mode_record, save_mode_tensors
+from .modes import (ModeSummaries, add_mode_columns, draw_mode_figures, mode_record, mode_summaries,
+                    save_mode_tensors)
 from .universal import check_universal_job, run_universal
 from .selection import class_index, needs_selection, select_sources
 from .settings import ProbeConfigError, ProbePlan, plan_from_config
@@ -72,6 +73,7 @@ class ProbeRun:
     quality: dict[str, Tensor] = field(default_factory=dict)
     mode_record: dict[str, Any] = field(default_factory=dict)  # the mode's entries of metrics.json
     mode_files: list[str] = field(default_factory=list)  # the mode's tensor files (contrast.pt, ...)
+    mode_summaries: ModeSummaries = field(default_factory=ModeSummaries)  # its dataset-level tensors
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -235,7 +237,8 @@ def save_results(run: ProbeRun) -> None:
         norm=run.budget_norm,
     )
     write_per_image_csv(run.output_dir, run.per_image, run.inputs.class_names, sources=files)
-    run.mode_files = save_mode_tensors(run)
+    run.mode_summaries = mode_summaries(run)
+    run.mode_files = save_mode_tensors(run, run.mode_summaries)
 
 
 def _source_files(run: ProbeRun) -> list[str] | None:
@@ -246,9 +249,9 @@ def _source_files(run: ProbeRun) -> list[str] | None:
 
 def draw_figures(run: ProbeRun) -> None:
     """The batch grids, the loss trace, in probe mode the class grid, and the mode's own figures."""
-    run.mode_record = mode_record(run)
+    run.mode_record = mode_record(run, run.mode_summaries)
     run.figures = _draw_figures(run.job, run.output_dir, run.plan, run.attacked, run.per_image, run.inputs.class_names)
-    run.figures += [str(path.relative_to(run.output_dir)) for path in draw_mode_figures(run, run.mode_record)]
+    run.figures += [str(path.relative_to(run.output_dir)) for path in draw_mode_figures(run, run.mode_record, run.mode_summaries)]
 
 
 def record(run: ProbeRun, *, interrupted: bool = False, extra: Mapping[str, Any] | None = None) -> Path:

@@ -62,7 +62,7 @@ import torch
 from torch import Tensor
 
 from .._io import write_json
-from ..jobs.config_dir import CONFIG_DIR, available
+from ..jobs.config_dir import CONFIG_DIR
 from ..jobs.errors import ConfigError, typed_override
 from ..jobs.hydra_app import JobInterrupted, hydra_main
 from ..jobs.rundir import RunDirectory, RunDirectoryBusy, mark_interrupted
@@ -84,7 +84,7 @@ from .figures import (
     show_overlay,
     color_limit,
 )
-from .job import checked_job
+from .job import checked_job, require_attack
 from .metrics import median, summarize
 from .run import run_probe
 from .sanity_metrics import (
@@ -609,11 +609,7 @@ def _run(cfg: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> 
 
 def sanity_job(settings: Mapping[str, Any], output_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """The job of ``scripts/sanity.py``: lists the attacks when none was chosen, else :func:`run_sanity`."""
-    if settings.get("attack") is None:
-        raise ConfigError(
-            "no attack chosen: add one of " + ", ".join(f"+attack={name}" for name in available("attack")),
-            typed_override("+attack", overrides),
-        )
+    require_attack(settings, overrides)
     return run_sanity(settings, output_dir, overrides)
 
 

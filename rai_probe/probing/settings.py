@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 #: How an unset mandatory value (``???`` in a config file) arrives after ``to_container``.
 MISSING = "???"
 
-#: Optimizer options an attack config may give at the top level (:meth:`Attack.from_dict` folds them in).
-_OPTIMIZER_KEYS = OPTION_ALIASES
-
 #: Seeds drawn when a job asks for a whole "split" of noise or gray seeds.
 DEFAULT_SEEDS = 16
 
@@ -114,7 +111,7 @@ def attack_from_config(
         return Attack.from_dict({**settings, "targeted": targeted})
     except (TypeError, ValueError) as error:
         where = {name: f"attack.{key}" for name, key in option_keys(settings).items()}
-        raise _blamed(error, "attack", tuple(settings) + _OPTIMIZER_KEYS, overrides, options=where) from None
+        raise _blamed(error, "attack", tuple(settings) + OPTION_ALIASES, overrides, options=where) from None
 
 
 def check_attack_shape(attack: Attack, settings: Mapping[str, Any], shape: Sequence[int],
@@ -124,7 +121,7 @@ def check_attack_shape(attack: Attack, settings: Mapping[str, Any], shape: Seque
         attack.check_shape((1, *shape))
     except (TypeError, ValueError) as error:
         where = {name: f"attack.options.{name}" for name in (settings.get("options") or {})}
-        raise _blamed(error, "attack", tuple(settings) + _OPTIMIZER_KEYS, overrides, options=where) from None
+        raise _blamed(error, "attack", tuple(settings) + OPTION_ALIASES, overrides, options=where) from None
 
 
 def model_from_config(
