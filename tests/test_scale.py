@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from probe_config import base_config
 
 from rai_probe.jobs.errors import ConfigError
-from rai_probe.probing.acceleration import AutocastClassifier, accelerated
+from rai_probe.probing.acceleration import AutocastClassifier, RowGradientScaling, accelerated
 from rai_probe.probing.artifacts import load_perturbations, read_metrics
 from rai_probe.probing.batches import BatchRecords, batch_seed, config_fingerprint, shard_batches
 from rai_probe.probing.merge import ShardMismatchError, merge_shards
@@ -157,11 +157,56 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     assert read_metrics(full)["summary"] == read_metrics(job)["summary"]
 
 
+#: Jobs whose mode adds dataset-level outputs (contrast.pt, concepts.pt, the robustness curve and its figures)
+#: or selects its rows: each sharded into 2 and merged must give the unsharded job's outputs.
+MODE_JOBS = {
+    "contrast": dict(n_images=6, batch_size=2, metrics={"faithfulness": False, "minimality": False},
+                     mode={"name": "contrast", "targeted": True, "source": 3, "target": 8, "select": "all"}),
+    "probe concepts": dict(n_images=2, batch_size=10, metrics={"faithfulness": False, "minimality": False},
+                           mode={"name": "probe", "targeted": True, "target": "all"}),
+    "minimal": dict(n_images=4, batch_size=2, mode={"name": "minimal", "targeted": False, "target": None}),
+    "misclassified": dict(n_images=4, batch_size=2,
+                          mode={"name": "explain", "targeted": False, "target": None, "select": "misclassified"}),
+}
+
+
+def _job_files(job_dir):
+    return sorted(str(p.relative_to(job_dir)) for p in job_dir.rglob("*") if p.is_file() and p.name != ".rai_probe.lock")
+
+
+@pytest.mark.parametrize("mode", list(MODE_JOBS))
+def test_a_merge_writes_the_mode_outputs_of_the_unsharded_job(tmp_path, mode):
+    config = base_config(**MODE_JOBS[mode])
+    full = tmp_path / "full"
+    run_probe(config, full)
+    sweep = tmp_path / "sweep"
+    for shard in range(2):
+        run_probe(sharded(config, shard, 2), sweep / str(shard))
+        (sweep / str(shard) / ".hydra").mkdir()
+        (sweep / str(shard) / ".hydra" / "overrides.yaml").write_text(f"- data.shard={shard}\n")
+    merged = merge_shards(sweep)
+    assert _job_files(merged) == _job_files(full)
+    expected, found = read_metrics(full), read_metrics(merged)
+    for key in set(expected) - {"seconds", "shard", "config", "overrides", "merged_from"}:
+        assert found[key] == expected[key], key
+    for name in ("contrast.pt", "concepts.pt"):
+        if (full / name).exists():
+            a, b = (torch.load(d / name, weights_only=True) for d in (full, merged))
+            assert a.keys() == b.keys() and all(
+                torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a), name
+    for figure in expected["figures"]:  # drawn from the same tensors with the same settings: the same bytes
+        assert (merged / figure).read_bytes() == (full / figure).read_bytes(), figure
+    assert {"contrast": "contrast.pt", "probe concepts": "concepts.pt", "minimal": "figures/minimal_gallery.png",
+            "misclassified": "per_image.csv"}[mode] in _job_files(merged)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_keeps_perturbations_and_metrics_in_float32(tmp_path, precision):
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     fast = accelerated(net, precision=precision, compile=False, device=torch.device("cpu"))
-    assert isinstance(fast, AutocastClassifier) and next(net.parameters()).dtype == torch.float32
+    autocast = fast.model if precision == "fp16" else fast  # fp16: inside the per-row gradient scaling
+    assert isinstance(fast, RowGradientScaling) == (precision == "fp16")
+    assert isinstance(autocast, AutocastClassifier) and next(net.parameters()).dtype == torch.float32
     x = torch.rand(2, 1, 2, 2, requires_grad=True)
     out = fast(x)
     out.sum().backward()
@@ -172,6 +217,51 @@ def test_mixed_precision_keeps_perturbations_and_metrics_in_float32(tmp_path, pr
     assert read_metrics(tmp_path / "job")["precision"] == precision
     l1 = (saved["xadv"] - saved["images"]).flatten(1).abs().sum(1)
     assert bool((l1 <= 20.0 * (1 + 1e-5)).all()) and bool(((saved["xadv"] >= 0) & (saved["xadv"] <= 1)).all())
+
+
+def _confident_linear():
+    """A linear classifier whose logits on ``x = 4`` are 64 and 0: ``1 - p`` about 1.6e-28, far below float16's range."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[4.0, 4, 4, 4], [0, 0, 0, 0], [-1, 0, 1, 0]]))
+        net[1].bias.zero_()
+    return net
+
+
+def _input_gradient(model, x, labels):
+    x = x.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(model(x), labels, reduction="none").sum().backward()
+    return x.grad
+
+
+def test_fp16_keeps_the_gradient_of_a_confident_row():
+    net = _confident_linear()
+    x = torch.full((2, 1, 2, 2), 4.0)
+    x[1] = 0.5  # an ordinary row beside it: logits 8 and 0
+    labels = torch.tensor([0, 0])
+    exact = _input_gradient(net, x, labels)
+    fp16 = _input_gradient(accelerated(net, precision="fp16", device=torch.device("cpu")), x, labels)
+    plain = _input_gradient(AutocastClassifier(net, torch.float16, "cpu"), x, labels)
+    assert bool((plain[0] == 0).all()), "the unscaled fp16 gradient of the confident row underflows"
+    assert bool((exact[0] != 0).any()) and torch.equal(fp16[0] != 0, exact[0] != 0)
+    assert torch.allclose(fp16, exact, rtol=2e-3, atol=0)  # every row: fp16 rounding only
+    assert fp16.dtype == torch.float32
+
+
+@given(seed=st.integers(0, 2**31 - 1), log_scale=st.floats(-30, 30))
+def test_row_gradient_scaling_changes_no_float32_gradient(seed, log_scale):
+    """Powers of two scale float values exactly: around a float32 model the scaling is invisible, bit for bit."""
+    gen = torch.Generator().manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 2), torch.nn.Flatten(), torch.nn.Linear(27, 4)).eval()
+    x = torch.rand(5, 1, 4, 4, generator=gen)
+    weights = (torch.rand(5, 4, generator=gen) * 2.0**log_scale)  # rows of very different gradient sizes
+
+    def gradient(model):
+        xi = x.clone().requires_grad_(True)
+        (model(xi) * weights).sum().backward()
+        return xi.grad
+
+    assert torch.equal(gradient(RowGradientScaling(net)), gradient(net))
 
 
 def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):

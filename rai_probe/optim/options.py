@@ -124,12 +124,6 @@ def nonnegative(where: str, name: str, value: Any) -> None:
         raise _fail(where, name, value, "a finite real number >= 0")
 
 
-def positive_integer(where: str, name: str, value: Any) -> None:
-    """An integer >= 1 (not a bool)."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise _fail(where, name, value, "an integer >= 1")
-
-
 def integer(low: int, *, optional: bool = False) -> OptionCheck:
     """A check that the value is an integer ``>= low`` (not a bool); with ``optional``, also None.
 
@@ -148,11 +142,15 @@ def integer(low: int, *, optional: bool = False) -> OptionCheck:
     def check(where: str, name: str, value: Any) -> None:
         if optional and value is None:
             return
-        whole = isinstance(value, int) and not isinstance(value, bool)
+        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
         if not whole or value < low or (optional and value >= 2**64):
             raise _fail(where, name, value, allowed)
 
     return check
+
+
+#: An integer >= 1 (not a bool): ``integer(1)``.
+positive_integer = integer(1)
 
 
 def one_of(*allowed: Any) -> OptionCheck:

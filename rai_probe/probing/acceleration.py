@@ -8,6 +8,17 @@ with ``compile=true`` the classifier is compiled once by :func:`torch.compile`
 and reused by every batch, falling back to eager mode with one warning where
 compilation fails (no compiler, an unsupported model).
 
+float16 has 5 exponent bits: a gradient below about 6e-8 is zero in it. The
+cross-entropy gradient of an image the model is sure of is ``1 - p``, often
+far below that on a robust model, so under plain fp16 autocast its input
+gradient underflows to exactly zero and the attack never moves it (a silent
+failure). ``precision=fp16`` therefore scales each row's gradient on its way
+back (:class:`RowGradientScaling`): at the logits by a power of two that
+brings the row's largest entry to :data:`GRADIENT_PEAK`, and at the input
+back by the same power, so the input gradient is the true one, without the
+underflow (powers of two scale float values exactly). bfloat16 has float32's
+exponent range and needs no scaling.
+
 Examples
 --------
 >>> import torch
@@ -19,6 +30,17 @@ Examples
 (torch.float32, torch.float32)
 >>> logits.sum().backward(); x.grad.dtype
 torch.float32
+
+A confident row's gradient survives fp16 (plain fp16 autocast gives zeros):
+
+>>> lin = torch.nn.Linear(1, 2, bias=False)
+>>> with torch.no_grad():
+...     _ = lin.weight.copy_(torch.tensor([[16.0], [8.0]]))
+>>> x = torch.full((1, 1), 4.0, requires_grad=True)        # logits 64 and 32: p_1 = exp(-32)
+>>> fp16 = accelerated(lin, precision="fp16", device=torch.device("cpu"))
+>>> torch.nn.functional.cross_entropy(fp16(x), torch.tensor([0])).backward()
+>>> bool(torch.isclose(x.grad, 8 * torch.exp(torch.tensor(-32.0)), rtol=1e-2, atol=0))   # 8 p_1, about 1e-13
+True
 """
 
 from __future__ import annotations
@@ -29,12 +51,82 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PRECISIONS", "AutocastClassifier", "accelerated"]
+__all__ = ["PRECISIONS", "GRADIENT_PEAK", "AutocastClassifier", "RowGradientScaling", "accelerated"]
 
 log = logging.getLogger("rai_probe.probing.run")
 
 #: ``precision`` settings and the autocast dtype of each (None: no autocast).
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: Under ``precision=fp16`` each row's logit gradient is scaled so that its largest entry lies in
+#: ``(GRADIENT_PEAK / 2, GRADIENT_PEAK]``: far above float16's underflow (6e-8), and 2**8 below its
+#: largest value (65504) for the growth of the gradient through the layers.
+GRADIENT_PEAK = 2.0**8
+
+
+class _Scales:
+    """The per-row scales of one forward call, from the logits' backward to the input's."""
+
+    value: Tensor | None = None
+
+
+def _row_shape(scale: Tensor, like: Tensor) -> Tensor:
+    return scale.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class _ScaleLogitGradients(torch.autograd.Function):
+    """Identity forward; backward multiplies each row's gradient by a power of two (kept in ``scales``)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, scales: _Scales) -> Tensor:
+        ctx.scales = scales
+        return logits.view_as(logits)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        peak = grad.detach().abs().flatten(1).amax(dim=1).float()
+        usable = torch.isfinite(peak) & (peak > 0)
+        exponent = torch.floor(torch.log2(GRADIENT_PEAK / torch.where(usable, peak, torch.ones_like(peak))))
+        exponent = exponent.clamp(-126.0, 126.0)  # 2**exponent stays a finite, normal float32
+        scale = torch.where(usable, torch.exp2(exponent), torch.ones_like(peak))
+        ctx.scales.value = scale
+        return grad * _row_shape(scale, grad).to(grad.dtype), None
+
+
+class _UnscaleInputGradients(torch.autograd.Function):
+    """Identity forward; backward divides each row's gradient by the scale its logits' gradient got."""
+
+    @staticmethod
+    def forward(ctx, inputs: Tensor, scales: _Scales) -> Tensor:
+        ctx.scales = scales
+        return inputs.view_as(inputs)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        scale = ctx.scales.value
+        if scale is None or scale.numel() != grad.shape[0]:  # the logits took no gradient of this call's rows
+            return grad, None
+        return grad / _row_shape(scale, grad).to(grad.dtype), None
+
+
+class RowGradientScaling(nn.Module):
+    """``model`` whose backward runs on per-row power-of-two scaled gradients, unscaled again at its input.
+
+    The input gradient equals the unscaled one (a power of two scales float
+    values exactly) except that nothing underflows inside ``model``: what
+    ``precision=fp16`` needs. Rows must not interact (a classifier in eval
+    mode), since each row is scaled by its own factor.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            return self.model(x)
+        scales = _Scales()
+        return _ScaleLogitGradients.apply(self.model(_UnscaleInputGradients.apply(x, scales)), scales)
 
 
 class AutocastClassifier(nn.Module):
@@ -109,4 +201,6 @@ def accelerated(
         wrapped = AutocastClassifier(model, dtype, device.type)
     if compile:
         wrapped = _compiled(wrapped, example)
+    if dtype == torch.float16:  # outside the compiled part: a plain autograd wrapper
+        wrapped = RowGradientScaling(wrapped)
     return wrapped

@@ -5,9 +5,11 @@ directory, checks that they are the ``N`` shards of one configuration (the
 same config apart from ``data.shard``, every shard once, each complete) and
 writes ``DIR/merged/``: ``perturbations.pt`` (the shards' rows in order),
 ``per_image.csv`` and ``metrics.json`` **recomputed from the merged
-per-image records** (not averaged), and the figures. Since every batch is
+per-image records** (not averaged), the figures, and the mode's own outputs
+(``contrast.pt``, ``concepts.pt``, the robustness curve of ``mode=minimal``:
+:mod:`rai_probe.probing.modes`, from the merged rows). Since every batch is
 seeded by its global number, the merged records equal those of the
-unsharded job, exactly.
+unsharded job, exactly, and so do the files drawn from them.
 
 Examples
 --------
@@ -28,7 +30,6 @@ from torch import Tensor
 
 from ..errors import SettingError
 from .artifacts import (
-    FIGURES_DIR,
     load_perturbations,
     per_image_from_perturbations,
     read_metrics,
@@ -37,10 +38,11 @@ from .artifacts import (
     write_per_image_csv,
 )
 from .attacking import _padded_traces
-from .figures import plot_class_grid, plot_loss_trace, save_batch_grids
-from .metrics import epsilon_quantiles, summarize
-from .minimal import plot_robustness_curve, robustness_curve
+from .metrics import summarize
+from .minimal import MinimalSearch
+from .modes import ModeInputs, draw_mode_figures, mode_record, mode_summaries, save_mode_tensors
 from .report import collect_jobs
+from .row_figures import draw_row_figures
 
 __all__ = ["merge_shards", "ShardMismatchError", "MERGED_DIR"]
 
@@ -170,37 +172,52 @@ def merge_shards(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     first = shards[0][1]
     config = json.loads(json.dumps(first["config"]))
     config.get("data", {})["shard"] = None
-    record = {key: first[key] for key in ("attack", "model", "data", "budget", "mode") if key in first}
+    record = {key: first[key] for key in ("attack", "model", "data", "budget", "mode", "precision") if key in first}
+    record["shard"] = {"shard": None, "num_shards": len(shards), "first_row": 0, "rows": int(saved["xadv"].shape[0])}
     record["merged_from"] = [str(job_dir) for job_dir, _ in shards]
     record["seconds"] = round(sum(float(m.get("seconds", 0.0)) for _, m in shards), 2)
-    if "robustness_curve" in first and "epsilon_min" in per_image:  # mode=minimal: the curve over every shard
-        curve = first["robustness_curve"]
-        record["robustness_curve"] = {**curve, **robustness_curve(per_image, epsilons=curve["epsilon"]),
-                                      "image_steps": int(per_image["search_steps"].sum()),
-                                      "epsilon_min": epsilon_quantiles(per_image["epsilon_min"])}
-    record["figures"] = _figures(target, saved, per_image, record)
+    inputs = _mode_inputs(target, saved, per_image, first)
+    summaries = mode_summaries(inputs)  # contrast maps, class concepts: from the merged rows
+    record["files"] = save_mode_tensors(inputs, summaries)
+    record.update(mode_record(inputs, summaries))  # mode=minimal: the curve over every shard
+    figures = _figures(target, saved, per_image, first) + draw_mode_figures(inputs, record, summaries)
+    record["figures"] = [str(path.relative_to(target)) for path in figures]
     write_metrics(target, summary, config=config, overrides=[], extra=record)
     return target
 
 
-def _figures(target: Path, saved: Mapping[str, Any], per_image: Mapping[str, Tensor], record: Mapping[str, Any]) -> list[str]:
+def _mode_inputs(target: Path, saved: Mapping[str, Any], per_image: Mapping[str, Tensor],
+                 first: Mapping[str, Any]) -> ModeInputs:
+    """The mode's inputs from the merged rows and the first shard's record (all shards share its settings)."""
+    config = first["config"]
+    mode = config.get("mode", {})
     targets = saved["targets"] if bool((saved["targets"] >= 0).any()) else None
-    grids = save_batch_grids(
-        target, saved["images"], saved["xadv"], labels=saved["labels"], clean_pred=per_image["clean_pred"],
-        clean_conf=per_image["clean_conf"], adv_pred=per_image["adv_pred"], adv_conf=per_image["adv_conf"],
-        class_names=saved["class_names"], targets=targets, batch_size=8, max_images=8, max_grids=4,
-        success=per_image["success"],
+    minimal = None
+    if "robustness_curve" in first and "epsilon_min" in per_image:  # rebuilt from the settings the shards used
+        curve = first["robustness_curve"]
+        minimal = MinimalSearch(epsilon_min=float(curve["bracket"][0]), epsilon_max=float(curve["bracket"][1]),
+                                tolerance=float(curve["tolerance"]), steps=int(curve["steps_per_round"]),
+                                warm_start=bool(mode.get("warm_start", True)))
+    attack = config.get("attack", {})
+    return ModeInputs(
+        mode_name=str(mode.get("name", "explain")), targeted=targets is not None, images=saved["images"],
+        xadv=saved["xadv"], labels=saved["labels"], targets=targets, per_image=per_image,
+        class_names=saved["class_names"], output_dir=target, minimal=minimal,
+        norm=first.get("robustness_curve", {}).get("norm"),
+        title=f"{config.get('model', {}).get('name')}, {attack.get('name', attack.get('optimizer'))}",
     )
-    paths = list(grids)
-    if bool(torch.isfinite(saved["loss_trace"]).any()):  # mode=minimal keeps no one loss trace
-        paths.append(plot_loss_trace(target / FIGURES_DIR / "loss_trace.png", saved["loss_trace"],
-                                     datum_loss_trace=saved.get("datum_loss_trace"),
-                                     ylabel="cross-entropy (mean over images)"))
-    if "minimal" in saved and "robustness_curve" in record:
-        paths.append(plot_robustness_curve(target / FIGURES_DIR / "robustness_curve.png", record["robustness_curve"],
-                                           title="robustness from the merged minimal shards"))
-    if targets is not None:
-        paths.append(plot_class_grid(target / FIGURES_DIR / "class_grid.png", saved["xadv"], sources=saved["sources"],
-                                     targets=saved["targets"], class_names=saved["class_names"],
-                                     deltas=saved["xadv"] - saved["images"], success=saved["success"]))
-    return [str(path.relative_to(target)) for path in paths]
+
+
+def _figures(target: Path, saved: Mapping[str, Any], per_image: Mapping[str, Tensor],
+             first: Mapping[str, Any]) -> list[Path]:
+    """The batch grids, the loss trace and, for a targeted job, the class grid of the merged rows."""
+    config = first["config"]
+    figures = config.get("figures", {})
+    targets = saved["targets"] if bool((saved["targets"] >= 0).any()) else None
+    return draw_row_figures(
+        target, images=saved["images"], xadv=saved["xadv"], labels=saved["labels"], per_image=per_image,
+        class_names=saved["class_names"], loss_trace=saved["loss_trace"], datum_trace=saved.get("datum_loss_trace"),
+        loss=first.get("attack", {}).get("loss", "ce"), images_per_grid=int(figures.get("images_per_grid", 8)),
+        max_grids=int(figures.get("max_grids", 4)), targets=targets, sources=saved.get("sources"),
+        goal_met=saved.get("goal_met"), one_loss_trace="robustness_curve" not in first,
+    )

@@ -31,14 +31,14 @@ from ..jobs.errors import typed_override
 from ..jobs.hydra_app import JobInterrupted
 from ..jobs.rundir import RunDirectory, RunDirectoryBusy
 from ..perturbations.ensemble import attack_norm
-from .artifacts import FIGURES_DIR, save_perturbations, write_metrics, write_per_image_csv
+from .artifacts import save_perturbations, write_metrics, write_per_image_csv
 from .attacking import AttackedRows, attack_rows
 from .batches import BatchRecords, config_fingerprint, shard_batches
 from .quality import faithfulness, minimality, stability
-from .figures import plot_class_grid, plot_loss_trace, save_batch_grids
+from .row_figures import draw_row_figures
 from .job import ProbeInputs, ProbeJob, checked_job, load_inputs
 from .metrics import MINIMAL_KEYS, per_image_metrics, summarize
-from .modes import (ModeSummaries, add_mode_columns, draw_mode_figures, mode_record, mode_summaries,
+from .modes import (ModeInputs, ModeSummaries, add_mode_columns, draw_mode_figures, mode_record, mode_summaries,
                     save_mode_tensors)
 from .universal import check_universal_job, run_universal
 from .selection import class_index, needs_selection, select_sources
@@ -237,8 +237,9 @@ def save_results(run: ProbeRun) -> None:
         norm=run.budget_norm,
     )
     write_per_image_csv(run.output_dir, run.per_image, run.inputs.class_names, sources=files)
-    run.mode_summaries = mode_summaries(run)
-    run.mode_files = save_mode_tensors(run, run.mode_summaries)
+    inputs = ModeInputs.of_run(run)
+    run.mode_summaries = mode_summaries(inputs)
+    run.mode_files = save_mode_tensors(inputs, run.mode_summaries)
 
 
 def _source_files(run: ProbeRun) -> list[str] | None:
@@ -249,9 +250,11 @@ def _source_files(run: ProbeRun) -> list[str] | None:
 
 def draw_figures(run: ProbeRun) -> None:
     """The batch grids, the loss trace, in probe mode the class grid, and the mode's own figures."""
-    run.mode_record = mode_record(run, run.mode_summaries)
+    inputs = ModeInputs.of_run(run)
+    run.mode_record = mode_record(inputs, run.mode_summaries)
     run.figures = _draw_figures(run.job, run.output_dir, run.plan, run.attacked, run.per_image, run.inputs.class_names)
-    run.figures += [str(path.relative_to(run.output_dir)) for path in draw_mode_figures(run, run.mode_record, run.mode_summaries)]
+    mode_figures = draw_mode_figures(inputs, run.mode_record, run.mode_summaries)
+    run.figures += [str(path.relative_to(run.output_dir)) for path in mode_figures]
 
 
 def record(run: ProbeRun, *, interrupted: bool = False, extra: Mapping[str, Any] | None = None) -> Path:
@@ -385,46 +388,14 @@ def _log_start(run: ProbeRun) -> None:
 
 def _draw_figures(job: ProbeJob, output_dir: Path, plan: ProbePlan, attacked: AttackedRows,
                   per_image: Mapping[str, Tensor], class_names: list[str]) -> list[str]:
-    figures_dir = output_dir / FIGURES_DIR
-    targets = plan.targets if job.targeted else None
-    grids = save_batch_grids(
-        output_dir,
-        plan.images,
-        attacked.xadv,
-        labels=plan.labels,
-        clean_pred=per_image["clean_pred"],
-        clean_conf=per_image["clean_conf"],
-        adv_pred=per_image["adv_pred"],
-        adv_conf=per_image["adv_conf"],
-        class_names=class_names,
-        targets=targets,
-        batch_size=job.images_per_grid,
-        max_images=job.images_per_grid,
-        max_grids=job.max_grids,
-        success=per_image["success"],
+    paths = draw_row_figures(
+        output_dir, images=plan.images, xadv=attacked.xadv, labels=plan.labels, per_image=per_image,
+        class_names=class_names, loss_trace=attacked.loss_trace, datum_trace=attacked.datum_trace,
+        loss=job.attack.loss, images_per_grid=job.images_per_grid, max_grids=job.max_grids,
+        targets=plan.targets if job.targeted else None, sources=plan.sources, goal_met=attacked.success,
+        one_loss_trace=job.minimal is None,  # rounds at different radii: no one loss trace
     )
-    figures = [str(path.relative_to(output_dir)) for path in grids]
-    if job.minimal is not None:  # rounds at different radii: no one loss trace
-        return figures
-    trace_path = plot_loss_trace(
-        figures_dir / "loss_trace.png",
-        attacked.loss_trace,
-        datum_loss_trace=attacked.datum_trace,
-        ylabel=f"{_LOSS_NAMES.get(job.attack.loss, job.attack.loss)} (mean over images)",
-    )
-    figures.append(str(trace_path.relative_to(output_dir)))
-    if job.targeted:
-        grid = plot_class_grid(
-            figures_dir / "class_grid.png",
-            attacked.xadv,
-            sources=plan.sources,
-            targets=plan.targets,
-            class_names=class_names,
-            deltas=attacked.xadv - plan.images,
-            success=attacked.success,
-        )
-        figures.append(str(grid.relative_to(output_dir)))
-    return figures
+    return [str(path.relative_to(output_dir)) for path in paths]
 
 
 def _rates_text(summary: Mapping[str, Any]) -> str:
@@ -441,8 +412,6 @@ def _rates_text(summary: Mapping[str, Any]) -> str:
 
 
 #: How ``loss_trace.png`` names the attack's loss (the solver's log shows the same mean).
-_LOSS_NAMES = {"ce": "cross-entropy", "dlr": "DLR loss"}
-
 _PLAN_FIELDS = ("images", "labels", "targets", "attack_target", "sources")
 
 
