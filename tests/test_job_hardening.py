@@ -179,7 +179,7 @@ def test_a_live_jobs_directory_is_refused_untouched(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     first = subprocess.Popen(
         [sys.executable, str(PROBE), "+attack=l1q", "attack.steps=100", "n_images=64", "progress=false",
-         "threads=1", f"hydra.run.dir={out}"],
+         "threads=1", "metrics.faithfulness=false", "metrics.minimality=false", f"hydra.run.dir={out}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 120
@@ -369,7 +369,8 @@ def test_report_skips_a_job_whose_file_holds_code(tmp_path):
 
 def test_more_images_than_the_split_warns(tmp_path, caplog):
     with caplog.at_level("WARNING"):
-        outcome = run_probe(base_config(n_images=5000, attack__steps=1, figures={"max_grids": 0, "images_per_grid": 1}),
+        outcome = run_probe(base_config(n_images=5000, attack__steps=1, figures={"max_grids": 0, "images_per_grid": 1},
+                                        metrics={"faithfulness": False, "minimality": False}),  # the clamp, not metrics
                             tmp_path / "job")
     assert outcome["summary"]["n_images"] == 1000
     assert any("n_images=5000" in record.getMessage() and "1000" in record.getMessage() for record in caplog.records)
