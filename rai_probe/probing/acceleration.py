@@ -74,13 +74,17 @@ def _row_shape(scale: Tensor, like: Tensor) -> Tensor:
     return scale.reshape(-1, *([1] * (like.dim() - 1)))
 
 
-class _ScaleLogitGradients(torch.autograd.Function):
-    """Identity forward; backward multiplies each row's gradient by a power of two (kept in ``scales``)."""
+class _RowScaled(torch.autograd.Function):
+    """Identity forward that keeps the call's :class:`_Scales`; the subclasses' backward scales or unscales."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, scales: _Scales) -> Tensor:
+    def forward(ctx, tensor: Tensor, scales: _Scales) -> Tensor:
         ctx.scales = scales
-        return logits.view_as(logits)
+        return tensor.view_as(tensor)
+
+
+class _ScaleLogitGradients(_RowScaled):
+    """Backward multiplies each row's gradient by a power of two, kept in ``scales``."""
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -93,13 +97,8 @@ class _ScaleLogitGradients(torch.autograd.Function):
         return grad * _row_shape(scale, grad).to(grad.dtype), None
 
 
-class _UnscaleInputGradients(torch.autograd.Function):
-    """Identity forward; backward divides each row's gradient by the scale its logits' gradient got."""
-
-    @staticmethod
-    def forward(ctx, inputs: Tensor, scales: _Scales) -> Tensor:
-        ctx.scales = scales
-        return inputs.view_as(inputs)
+class _UnscaleInputGradients(_RowScaled):
+    """Backward divides each row's gradient by the scale its logits' gradient got."""
 
     @staticmethod
     def backward(ctx, grad: Tensor):
