@@ -249,15 +249,20 @@ CONFIGS: dict[str, dict] = {
 }
 
 
+def model_batch(name: str, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Model ``name``'s batch: inputs ``x ~ U[0, 1)`` and random labels, the same on every call."""
+    _, shape, batch = MODELS[name]
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(batch, *shape, generator=gen).to(device)
+    return x, torch.randint(0, 10, (batch,), generator=gen).to(device)
+
+
 def time_model(name: str, precision: str, device: torch.device, steps: int, repeats: int,
                variants: list[str]) -> dict[str, list[float]]:
     """Step times (ms) of each of ``variants`` on model ``name`` run in ``precision``."""
-    make_model, shape, batch = MODELS[name]
     torch.manual_seed(0)
-    net = make_model().to(device).eval().requires_grad_(False)
-    gen = torch.Generator().manual_seed(1)
-    x = torch.rand(batch, *shape, generator=gen).to(device)
-    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    net = MODELS[name][0]().to(device).eval().requires_grad_(False)
+    x, y = model_batch(name, device)
     with torch.no_grad():
         own_labels = net(x).argmax(1)
     autocast, compile_model = PRECISIONS[precision]
@@ -278,8 +283,7 @@ def time_model(name: str, precision: str, device: torch.device, steps: int, repe
 
 def isolated_steps_ms(name: str, device: torch.device, variants: list[str]) -> dict[str, float]:
     """Each solver variant's ``optim.step()`` alone (ms) on model ``name``'s batch shape."""
-    _, shape, batch = MODELS[name]
-    x = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(1)).to(device)
+    x, _ = model_batch(name, device)
     return {variant: isolated_step_ms(variant, x) for variant in variants if variant in VARIANTS}
 
 

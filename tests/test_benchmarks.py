@@ -9,6 +9,7 @@ measures at import, which takes well under a second).
 
 from __future__ import annotations
 
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -47,8 +48,6 @@ def test_solver_benchmark_presets_choose_the_bare_loop_and_known_variants():
 
 
 def _load(script: str) -> dict:
-    import runpy
-
     folder = str(ROOT / "benchmarks")
     sys.path.insert(0, folder)
     try:

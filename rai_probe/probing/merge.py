@@ -176,22 +176,21 @@ def merge_shards(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     record["shard"] = {"shard": None, "num_shards": len(shards), "first_row": 0, "rows": int(saved["xadv"].shape[0])}
     record["merged_from"] = [str(job_dir) for job_dir, _ in shards]
     record["seconds"] = round(sum(float(m.get("seconds", 0.0)) for _, m in shards), 2)
-    inputs = _mode_inputs(target, saved, per_image, first)
+    inputs = _mode_inputs(target, saved, per_image, targets, first)
     summaries = mode_summaries(inputs)  # contrast maps, class concepts: from the merged rows
     record["files"] = save_mode_tensors(inputs, summaries)
     record.update(mode_record(inputs, summaries))  # mode=minimal: the curve over every shard
-    figures = _figures(target, saved, per_image, first) + draw_mode_figures(inputs, record, summaries)
+    figures = _figures(inputs, saved, first) + draw_mode_figures(inputs, record, summaries)
     record["figures"] = [str(path.relative_to(target)) for path in figures]
     write_metrics(target, summary, config=config, overrides=[], extra=record)
     return target
 
 
-def _mode_inputs(target: Path, saved: Mapping[str, Any], per_image: Mapping[str, Tensor],
+def _mode_inputs(target: Path, saved: Mapping[str, Any], per_image: Mapping[str, Tensor], targets: Tensor | None,
                  first: Mapping[str, Any]) -> ModeInputs:
     """The mode's inputs from the merged rows and the first shard's record (all shards share its settings)."""
     config = first["config"]
     mode = config.get("mode", {})
-    targets = saved["targets"] if bool((saved["targets"] >= 0).any()) else None
     minimal = None
     if "robustness_curve" in first and "epsilon_min" in per_image:  # rebuilt from the settings the shards used
         curve = first["robustness_curve"]
@@ -208,16 +207,13 @@ def _mode_inputs(target: Path, saved: Mapping[str, Any], per_image: Mapping[str,
     )
 
 
-def _figures(target: Path, saved: Mapping[str, Any], per_image: Mapping[str, Tensor],
-             first: Mapping[str, Any]) -> list[Path]:
+def _figures(inputs: ModeInputs, saved: Mapping[str, Any], first: Mapping[str, Any]) -> list[Path]:
     """The batch grids, the loss trace and, for a targeted job, the class grid of the merged rows."""
-    config = first["config"]
-    figures = config.get("figures", {})
-    targets = saved["targets"] if bool((saved["targets"] >= 0).any()) else None
+    figures = first["config"].get("figures", {})
     return draw_row_figures(
-        target, images=saved["images"], xadv=saved["xadv"], labels=saved["labels"], per_image=per_image,
-        class_names=saved["class_names"], loss_trace=saved["loss_trace"], datum_trace=saved.get("datum_loss_trace"),
+        inputs.output_dir, images=inputs.images, xadv=inputs.xadv, labels=inputs.labels, per_image=inputs.per_image,
+        class_names=inputs.class_names, loss_trace=saved["loss_trace"], datum_trace=saved.get("datum_loss_trace"),
         loss=first.get("attack", {}).get("loss", "ce"), images_per_grid=int(figures.get("images_per_grid", 8)),
-        max_grids=int(figures.get("max_grids", 4)), targets=targets, sources=saved.get("sources"),
-        goal_met=saved.get("goal_met"), one_loss_trace="robustness_curve" not in first,
+        max_grids=int(figures.get("max_grids", 4)), targets=inputs.targets, sources=saved.get("sources"),
+        goal_met=saved.get("goal_met"), one_loss_trace=inputs.minimal is None,
     )

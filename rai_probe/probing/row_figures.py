@@ -33,7 +33,7 @@ from .figures import plot_class_grid, plot_loss_trace, save_batch_grids
 
 __all__ = ["LOSS_NAMES", "draw_row_figures"]
 
-#: The attack's ``loss`` setting as the loss trace's axis names it.
+#: The attack's ``loss`` setting as the loss trace's axis names it (the solver's log shows the same mean).
 LOSS_NAMES = {"ce": "cross-entropy", "dlr": "DLR loss"}
 
 

@@ -411,7 +411,6 @@ def _rates_text(summary: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "no rate applies"
 
 
-#: How ``loss_trace.png`` names the attack's loss (the solver's log shows the same mean).
 _PLAN_FIELDS = ("images", "labels", "targets", "attack_target", "sources")
 
 
